@@ -16,8 +16,10 @@ from planning.model import (
     save_plan,
 )
 from planning.planner import PlannerOptions, plan_automatic
+from planning.slicer import plan_from_markups, plan_to_markups, write_plan_markups
 
 __all__ = [
     "CheckReport", "ImageRef", "LesionSummary", "Margins", "Plan", "PlanViolation", "PlannerOptions",
-    "Trajectory", "Violation", "check_plan", "load_plan", "plan_automatic", "save_plan",
+    "Trajectory", "Violation", "check_plan", "load_plan", "plan_automatic", "plan_from_markups",
+    "plan_to_markups", "save_plan", "write_plan_markups",
 ]
