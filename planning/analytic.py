@@ -14,6 +14,7 @@ samples of the exact surfaces, independent of the planner's distance fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
@@ -201,3 +202,10 @@ def make_analytic_femur(
         shaft_axis=up, medial=medial, lesion_center_lps=lesion_c, lesion_radius_mm=lesion_radius_mm,
         mri=mri, labels=labels,
     )
+
+
+@lru_cache(maxsize=16)
+def cached_analytic_femur(side: str = "right", lesion_radius_mm: float = 8.0, lesion_depth_mm: float = 12.0,
+                          seed: int = 0) -> AnalyticFemur:
+    """:func:`make_analytic_femur` with default geometry, built once per argument set (tests)."""
+    return make_analytic_femur(side, lesion_radius_mm, lesion_depth_mm, seed)
