@@ -85,7 +85,9 @@ class Margins(_Model):
       and the clearance rule does not apply;
     * ``entry_tolerance_mm``: how far the planned entry may lie from the bone surface;
     * ``max_entry_angle_deg``: largest angle between the entry's surface normal and lateral;
-    * ``lesion_reach_mm``: lesion within this distance of a tract counts as reached.
+    * ``lesion_reach_mm``: lesion within this distance of a tract counts as reached;
+    * ``fov_margin_mm``: entry and target keep this distance from the image's edges (where a
+      femur cut by the field of view has no real cortex).
     """
 
     cortical_clearance_mm: float = Field(3.0, ge=0.0, le=20.0)
@@ -94,6 +96,7 @@ class Margins(_Model):
     entry_tolerance_mm: float = Field(5.0, gt=0.0, le=30.0)
     max_entry_angle_deg: float = Field(60.0, gt=0.0, le=90.0)
     lesion_reach_mm: float = Field(10.0, gt=0.0, le=50.0)
+    fov_margin_mm: float = Field(5.0, ge=0.0, le=50.0)
 
 
 class Trajectory(_Model):

@@ -35,7 +35,13 @@ from scipy.spatial import cKDTree
 
 from navsvc import __version__
 from navsvc.errors import ConfigError, PlanError
-from navsvc.imaging import LabelSpec, check_geometry, check_label_map, check_same_grid
+from navsvc.imaging import (
+    LabelSpec,
+    check_geometry,
+    check_label_map,
+    check_same_grid,
+    contains_points,
+)
 from navsvc.progress import ProgressFn, no_progress
 from planning.checks import check_plan, trajectory_violations
 from planning.geometry import (
@@ -72,6 +78,7 @@ class PlannerOptions:
     entry_tolerance_mm: float = 5.0
     max_entry_angle_deg: float = 60.0
     lesion_reach_mm: float = 10.0
+    fov_margin_mm: float = 5.0
     max_path_length_mm: float = 160.0
     min_target_spacing_mm: float = 4.0
     direction_samples: int = 2000
@@ -107,6 +114,7 @@ class PlannerOptions:
                 entry_tolerance_mm=self.entry_tolerance_mm,
                 max_entry_angle_deg=self.max_entry_angle_deg,
                 lesion_reach_mm=self.lesion_reach_mm,
+                fov_margin_mm=self.fov_margin_mm,
             )
         except ValueError as exc:  # pydantic.ValidationError is a ValueError
             raise ConfigError(f"planner margins: {exc}") from exc
@@ -173,6 +181,7 @@ def _rays(fields: BoneFields, anatomy: FemurAnatomy, target: NDArray[np.float64]
     good = (cos_lat >= np.cos(np.deg2rad(opts.max_entry_angle_deg)) + 0.02)
     good &= anatomy.level_mm(entries) <= anatomy.trochanter_level_mm - _SEARCH_SLACK_MM
     good &= anatomy.lateral_offset_mm(entries) > _SEARCH_SLACK_MM
+    good &= contains_points(fields.labels, entries, margin_mm=opts.fov_margin_mm + _SEARCH_SLACK_MM)
     return [_Ray(directions[i], entries[j], float(length[i]), float(clearance[i]), float(score[i]))
             for j, i in enumerate(idx) if good[j]]
 
