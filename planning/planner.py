@@ -259,13 +259,13 @@ def _plan_one(fields: BoneFields, anatomy: FemurAnatomy, targets: list[NDArray[n
               fan_entry: NDArray[np.float64] | None = None) -> Trajectory | None:
     for target in targets:
         if fan_entry is not None:
-            traj = Trajectory(name=name, entry_lps=tuple(fan_entry), target_lps=tuple(target),  # type: ignore[arg-type]
-                              diameter_mm=opts.diameter_mm)
-            if _meets_rules(fields, anatomy, traj, margins):
-                return traj
-        traj = _search_path(fields, anatomy, target, opts, margins, name)
-        if traj is not None:
-            return traj
+            fanned = Trajectory(name=name, entry_lps=tuple(fan_entry), target_lps=tuple(target),  # type: ignore[arg-type]
+                                diameter_mm=opts.diameter_mm)
+            if _meets_rules(fields, anatomy, fanned, margins):
+                return fanned
+        searched = _search_path(fields, anatomy, target, opts, margins, name)
+        if searched is not None:
+            return searched
     return None
 
 
