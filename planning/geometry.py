@@ -159,8 +159,8 @@ def bone_fields(labels: sitk.Image, spec: LabelSpec = DEFAULT_SPEC, name: str = 
 class FemurAnatomy:
     """Landmarks of a proximal femur derived from its mask (LPS mm, unit vectors).
 
-    * ``head_center_lps`` / ``head_radius_mm``: the largest sphere inscribed in the femur
-      near the lesion (the femoral head);
+    * ``head_center_lps`` / ``head_radius_mm``: the femoral head's sphere, fitted to the
+      femur's surface around the largest sphere inscribed in the femur near the lesion;
     * ``shaft_axis``: the shaft's direction, pointing proximally (towards the head's level);
     * ``medial``: from the shaft axis towards the head, perpendicular to the shaft axis;
     * ``side``: ``'right'`` when medial points to the patient's left (+x in LPS), else ``'left'``;
@@ -202,6 +202,32 @@ class FemurAnatomy:
         return (p - self.shaft_point_lps) @ self.lateral
 
 
+def _fit_head_sphere(fields: BoneFields, centre0: NDArray[np.float64], radius0: float,
+                     shaft_point: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
+    """Least-squares sphere through the femur's surface voxels around the head, leaving out
+    the cone towards the shaft (the neck). Falls back to the inscribed sphere."""
+    surface = fields.femur_zyx & ~ndimage.binary_erosion(fields.femur_zyx)
+    pts = fields._crop_centers(surface)
+    rel = pts - centre0
+    dist = np.linalg.norm(rel, axis=1)
+    to_shaft = (shaft_point - centre0) / max(float(np.linalg.norm(shaft_point - centre0)), 1e-9)
+    cos = (rel @ to_shaft) / np.maximum(dist, 1e-9)
+    sel = (dist <= radius0 + 8.0) & (cos < np.cos(np.deg2rad(65.0)))
+    if np.count_nonzero(sel) < 50:
+        return centre0, radius0
+    p = pts[sel]
+    a = np.hstack([2.0 * p, np.ones((len(p), 1))])
+    sol, *_ = np.linalg.lstsq(a, (p * p).sum(axis=1), rcond=None)
+    centre = sol[:3]
+    radius = float(np.sqrt(max(sol[3] + centre @ centre, 0.0)))
+    # surface voxel centres lie on average half a voxel inside the surface
+    radius += 0.5 * float(np.mean(fields.spacing_mm))
+    if np.linalg.norm(centre - centre0) > 0.5 * radius0 or not radius0 * 0.8 <= radius <= radius0 * 1.6 + 2.0:
+        log.warning("femoral head sphere fit disagrees with the inscribed sphere; using the inscribed sphere")
+        return centre0, radius0
+    return centre, radius
+
+
 def femur_anatomy(fields: BoneFields) -> FemurAnatomy:
     """Find head, shaft axis, medial direction, side and greater trochanter from the femur mask."""
     femur_pts = fields.femur_points_lps()
@@ -227,6 +253,7 @@ def femur_anatomy(fields: BoneFields) -> FemurAnatomy:
         log.warning("femur shaft too short in the image to fit its axis; using the image's superior axis")
         shaft_p = femur_pts[(femur_pts - head_c) @ up < -head_r].mean(axis=0) if np.any(
             (femur_pts - head_c) @ up < -head_r) else femur_pts.mean(axis=0)
+    head_c, head_r = _fit_head_sphere(fields, head_c, head_r, shaft_p)
     v = head_c - shaft_p
     v = v - (v @ axis) * axis
     if np.linalg.norm(v) < 1e-6:
