@@ -46,7 +46,8 @@ class BoneFields:
     """Femur and lesion masks with their signed distance fields (mm) on a crop of the label grid.
 
     ``femur_zyx`` is the femur component that holds the lesion (femur and necrosis labels
-    together; necrosis is part of the femur), ``lesion_zyx`` the necrosis voxels in it.
+    together; necrosis is part of the femur), ``lesion_zyx`` the necrosis voxels in it,
+    ``pelvis_zyx`` the pelvis label (all False when absent).
     Arrays are (z, y, x) on the crop whose first voxel has index ``crop_offset_ijk`` in the
     full label image ``labels``.
     """
@@ -57,6 +58,7 @@ class BoneFields:
     lesion_zyx: NDArray[np.bool_]
     femur_sdf_zyx: NDArray[np.float32]
     lesion_sdf_zyx: NDArray[np.float32]
+    pelvis_zyx: NDArray[np.bool_] | None = None
 
     @property
     def spacing_mm(self) -> NDArray[np.float64]:
@@ -101,6 +103,12 @@ class BoneFields:
     def lesion_points_lps(self) -> NDArray[np.float64]:
         """LPS mm centres (N, 3) of the lesion voxels."""
         return self._crop_centers(self.lesion_zyx)
+
+    def pelvis_points_lps(self) -> NDArray[np.float64]:
+        """LPS mm centres (N, 3) of the pelvis voxels in the crop (empty without a pelvis label)."""
+        if self.pelvis_zyx is None:
+            return np.zeros((0, 3))
+        return self._crop_centers(self.pelvis_zyx)
 
     def femur_points_lps(self) -> NDArray[np.float64]:
         """LPS mm centres (N, 3) of the femur voxels."""
@@ -151,6 +159,7 @@ def bone_fields(labels: sitk.Image, spec: LabelSpec = DEFAULT_SPEC, name: str = 
         lesion_zyx=lesion_c,
         femur_sdf_zyx=signed_distance_mm(femur_c, spacing_zyx),
         lesion_sdf_zyx=signed_distance_mm(lesion_c, spacing_zyx),
+        pelvis_zyx=np.asarray(arr[sl] == spec.pelvis),
     )
 
 
