@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from planning.geometry import BoneFields, FemurAnatomy
-from planning.model import LesionSummary
+from planning.model import JicType, LesionSummary
 
 
 def arc_deg(angles_rad: NDArray[np.float64]) -> float:
@@ -48,7 +48,7 @@ def necrotic_angles_deg(points_lps: NDArray[np.float64], anatomy: FemurAnatomy,
     return (arc_deg(np.arctan2(s[coronal], m[coronal])), arc_deg(np.arctan2(s[sagittal], a[sagittal])))
 
 
-def jic_like_type(fields: BoneFields, anatomy: FemurAnatomy, slab_mm: float) -> str | None:
+def jic_like_type(fields: BoneFields, anatomy: FemurAnatomy, slab_mm: float) -> JicType | None:
     """A JIC-like type (A, B, C1, C2) on the mid-coronal plane, or None where not derivable.
 
     Approximation of the Japanese Investigation Committee classification: the weight-bearing

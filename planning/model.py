@@ -48,6 +48,7 @@ def _finite3(v: tuple[float, float, float]) -> tuple[float, float, float]:
     return v
 
 
+JicType = Literal["A", "B", "C1", "C2"]
 Vec3 = Annotated[tuple[float, float, float], AfterValidator(_finite3)]
 
 
@@ -178,7 +179,7 @@ class LesionSummary(_Model):
     necrotic_angle_coronal_deg: float
     necrotic_angle_sagittal_deg: float
     combined_necrotic_angle_deg: float
-    jic_like_type: Literal["A", "B", "C1", "C2"] | None = None
+    jic_like_type: JicType | None = None
     location_class: str
 
 
