@@ -50,7 +50,7 @@ def test_geometry_is_clinical_and_oblique(case):
         check_geometry(img)
     sp = case.mri.GetSpacing()
     assert sp[2] / sp[0] >= 1.8  # thick slices
-    assert 60 <= case.mri.GetSize()[0] <= 68 and 16 <= case.mri.GetSize()[2] <= 24
+    assert 60 <= case.mri.GetSize()[0] <= 72 and 16 <= case.mri.GetSize()[2] <= 24
     d = np.array(case.mri.GetDirection()).reshape(3, 3)
     assert np.abs(d - np.eye(3)).max() > 0.1  # non-identity direction
     assert np.linalg.norm(case.mri.GetOrigin()) > 10.0
@@ -66,6 +66,11 @@ def test_landmarks_and_truth_are_exact(case):
                    "acetabulum_roof", "lesion_boundary_1", "head_surface_superior", "neck_surface_superior"):
         assert needed in names
     assert len(case.landmark_names("femur")) >= 15 and len(case.landmark_names("pelvis")) >= 5
+    # the lesion and head landmarks are inside both images (others may fall outside a small field)
+    outside = case.params["landmarks_outside_fov"]
+    for n in ("lesion_centroid", "head_centre", *[f"lesion_boundary_{k}" for k in range(1, 7)]):
+        assert n not in outside["mri"] and n not in outside["ct"], n
+    assert len(outside["mri"]) <= 4 and len(outside["ct"]) <= 4
     for n in names:
         T = case.T_ct_from_mri_femur if case.landmark_structure[n] == "femur" else case.T_ct_from_mri_pelvis
         np.testing.assert_allclose(T.apply(case.landmarks_mri[n]), case.landmarks_ct[n], atol=1e-9)
