@@ -80,7 +80,8 @@ def sample_anatomy(
     stage = int(arco_stage if arco_stage is not None else rng.choice([2, 3]))
     has_oedema = bool(oedema if oedema is not None else (stage == 3 or rng.uniform() < 0.5))
     r_head = _u(rng, 21.0, 26.0)
-    lesion_radii = {"small": (11.0, 9.0, 7.5), "medium": (15.0, 12.5, 10.0), "large": (19.0, 16.0, 13.0)}[size]
+    # semi-axes chosen so the lesion occupies about 5-12 / 15-28 / 30-45 % of the head volume
+    lesion_radii = {"small": (12.5, 10.0, 8.5), "medium": (18.5, 15.5, 12.0), "large": (23.0, 19.5, 16.0)}[size]
     return {
         "side": side,
         "lateral_sign": lat,

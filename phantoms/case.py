@@ -171,6 +171,8 @@ def make_case(seed: int, preset: str = "small", modalities: tuple[str, ...] | li
         "lesion_volume_mm3": lesion_volume,
         "lesion_head_fraction": lesion_volume / (4.0 / 3.0 * np.pi * model.r_head**3),
     }
+    frac = params["lesion_head_fraction"]
+    params["lesion_extent_class"] = "small (<15 %)" if frac < 0.15 else "medium (15-30 %)" if frac < 0.30 else "large (>30 %)"
     mri_grid = reference_image(mri_p["size"], mri_p["spacing_mm"], mri_p["centre_mm"], np.array(mri_p["direction"]))
     ct_grid = reference_image(ct_p["size"], ct_p["spacing_mm"], ct_p["centre_mm"], np.eye(3))
     params["landmarks_outside_fov"] = {

@@ -254,3 +254,25 @@ def test_block_skipping_renders_exactly_like_brute_force(monkeypatch):
     for k in ("mri", "labels", "ct", "labels_ct"):
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(getattr(fast, k)),
                                       sitk.GetArrayViewFromImage(getattr(slow, k)), err_msg=k)
+
+
+def test_lesion_variants_size_oedema_collapse():
+    fr = [make_case(5, "small", modalities=(), lesion_size=s).params["lesion_head_fraction"]
+          for s in ("small", "medium", "large")]
+    assert 0.03 < fr[0] < fr[1] < fr[2] < 0.55
+    assert fr[0] < 0.15 and fr[2] > 0.22
+    # stage 3 depresses the head surface over the lesion; stage 2 leaves the sphere intact
+    s2 = make_case(5, "small", modalities=(), arco_stage=2, oedema=False)
+    s3 = make_case(5, "small", modalities=(), arco_stage=3)
+    m2, m3 = HipModel(s2.params["anatomy"]), HipModel(s3.params["anatomy"])
+    top = m3.collapse_point[None]
+    assert m2.femur_sdf(top)[0] == pytest.approx(0.0, abs=1e-9)
+    assert m3.femur_sdf(top)[0] == pytest.approx(s3.params["anatomy"]["lesion"]["collapse_mm"], abs=1e-9)
+    # oedema: bright on the fluid-sensitive MRI around the lesion, absent without it
+    with_o = make_case(5, "small", modalities=("mri",), arco_stage=3, oedema=True, mri_noise_fraction=0.0)
+    no_o = make_case(5, "small", modalities=("mri",), arco_stage=3, oedema=False, mri_noise_fraction=0.0)
+    for c, bright in ((with_o, True), (no_o, False)):
+        fluid = sitk.GetArrayViewFromImage(c.mri_fluid)
+        femur = sitk.GetArrayViewFromImage(c.labels) == 1  # femur outside the lesion
+        n_bright = int((fluid[femur] > 500).sum())
+        assert (n_bright > 50) == bright, (bright, n_bright)
