@@ -161,6 +161,12 @@ def test_overrides_and_bad_options():
         make_case(1, "small", modalities=("pet",))
     with pytest.raises(ConfigError, match="lesion_size"):
         make_case(1, "small", modalities=(), lesion_size="xl")
+    with pytest.raises(ConfigError, match="max_rotation_deg: expected a value like 30.0"):
+        make_case(1, "small", modalities=(), max_rotation_deg="abc")
+    with pytest.raises(ConfigError, match="mri_spacing_mm"):
+        make_case(1, "small", modalities=(), mri_spacing_mm=[1.0, 1.0])
+    with pytest.raises(ConfigError, match="side"):
+        make_case(1, "small", modalities=(), side="middle")
 
 
 def test_write_load_round_trip(case, tmp_path):
