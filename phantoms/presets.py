@@ -20,7 +20,7 @@ class Preset:
     mri_orientation: str = "coronal"  # coronal | axial | random
     mri_spacing_mm: tuple[float, float, float] = (1.8, 1.8, 3.5)  # in-plane, in-plane, slice
     mri_slice_jitter_mm: float = 0.0  # slice thickness drawn in [s - j, s + j]
-    mri_fov_mm: tuple[float, float, float] = (112.0, 70.0, 112.0)  # LR, AP, SI
+    mri_fov_mm: tuple[float, float, float] = (126.0, 70.0, 126.0)  # LR, AP, SI
     mri_oblique_deg: float = 8.0  # random obliquity of the slice stack, up to this angle
     mri_subsample: tuple[int, int, int] = (2, 2, 3)
     mri_noise_fraction: float = 0.02  # Rician sigma relative to the fat signal
@@ -61,7 +61,7 @@ class Preset:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ConfigError(f"unknown phantom option(s) {unknown}; expected some of {sorted(names - {'name'})}")
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        fixed = {k: _coerce(k, getattr(self, k), v) for k, v in overrides.items()}
         p = replace(self, **fixed)
         p.validate()
         return p
@@ -73,6 +73,8 @@ class Preset:
             raise ConfigError(f"ct_kind: expected fan|cbct, got {self.ct_kind!r}")
         if self.lesion_size not in (None, "small", "medium", "large"):
             raise ConfigError(f"lesion_size: expected small|medium|large, got {self.lesion_size!r}")
+        if self.oedema not in (None, True, False):
+            raise ConfigError(f"oedema: expected true, false or null, got {self.oedema!r}")
         if self.arco_stage not in (None, 2, 3):
             raise ConfigError(f"arco_stage: expected 2 (no collapse) or 3 (collapse), got {self.arco_stage!r}")
         for name in ("mri_spacing_mm", "mri_fov_mm", "ct_spacing_mm", "ct_fov_mm"):
@@ -87,6 +89,35 @@ class Preset:
         return asdict(self)
 
 
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    """Check an override against the type of the preset's default value."""
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                raise TypeError
+            value = tuple(value)
+            if name == "fluoro_views":
+                return value
+            if len(value) != len(default):
+                raise TypeError
+            return tuple(type(d)(v) for d, v in zip(default, value, strict=True))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a value like {default!r}, got {value!r}") from None
+    return value
+
+
 #: C-arm views: (rotation about the patient's long axis, cranio-caudal tilt), degrees.
 FLUORO_VIEW_ANGLES_DEG: dict[str, tuple[float, float]] = {
     "ap": (0.0, 0.0), "lateral": (90.0, 0.0), "oblique": (35.0, 0.0), "oblique_inlet": (20.0, 20.0),
@@ -98,8 +129,8 @@ PRESETS: dict[str, Preset] = {
         "realistic", mri_orientation="random", mri_spacing_mm=(0.7, 0.7, 3.5), mri_slice_jitter_mm=0.5,
         mri_fov_mm=(180.0, 90.0, 180.0), mri_oblique_deg=12.0, mri_subsample=(1, 1, 4),
         ct_spacing_mm=(0.8, 0.8, 1.0), ct_fov_mm=(170.0, 170.0, 150.0), ct_subsample=(2, 2, 1),
-        ct_noise_hu=15.0, fluoro_views=("ap", "lateral", "oblique"), fluoro_detector_px=(192, 192),
-        fluoro_pixel_mm=1.2, fluoro_step_mm=1.0, fluoro_photons=5.0e4,
+        ct_noise_hu=15.0, fluoro_views=("ap", "lateral", "oblique"), fluoro_detector_px=(112, 112),
+        fluoro_pixel_mm=2.0, fluoro_step_mm=1.5, fluoro_photons=5.0e4,
     ),
 }
 PRESETS["realistic-distorted"] = replace(
