@@ -216,12 +216,13 @@ class _Client:
                 if self._tdata_interval_s is not None:
                     wait_s = max(self._next_tdata_s - now, 0.0)
                 self._cond.wait(wait_s)
-            chunks = list(self._replies)
-            self._replies.clear()
+            chunks = []
             rendered = self._rendered
-            if self._state_pending:
+            if self._state_pending:  # the state first: on connect it precedes any reply
                 chunks.append(rendered.blob)
                 self._state_pending = False
+            chunks += self._replies
+            self._replies.clear()
             if tdata_due and self._tdata_interval_s is not None:
                 if rendered.tdata:
                     chunks.append(rendered.tdata)
