@@ -342,3 +342,29 @@ def test_stop_releases_port_and_closes_clients():
     again.start()
     again.stop()
     assert os.name != "nt"
+
+
+def test_header_version_2_stream_and_empty_name_query():
+    with IgtlServer(StreamConfig(port=0, refresh_hz=0, header_version=2)) as srv:
+        srv.publish(approved())
+        with IgtlClient("127.0.0.1", srv.port) as c:
+            msg, seen = c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            assert {x.header_version for x in seen} == {2} and json.loads(msg.string)["valid_target"]
+            np.testing.assert_allclose(seen[0].matrix, expected_pose(ENTRY_LPS, TARGET_LPS, "lps"), atol=2e-4)
+            c.send(m.QueryMessage("GET_TRANS", device_name=""))       # empty name: all of that type
+            first = c.receive(TIMEOUT_S)
+            second = c.receive(TIMEOUT_S)
+            assert [first.device_name, second.device_name] == ["Drill1ToReference", "Drill2ToReference"]
+
+
+def test_clearing_calibration_withdraws_device_targets():
+    config = StreamConfig(port=0, refresh_hz=0, output_frame="device", T_device_from_ct=T_DEVICE_FROM_CT)
+    with IgtlServer(config) as srv:
+        srv.publish(approved())
+        with IgtlClient("127.0.0.1", srv.port) as c:
+            c.receive_until(lambda x: x.message_type == "TRANSFORM", TIMEOUT_S)
+            c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            srv.set_device_calibration(None)
+            msg, seen = c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            assert [x.message_type for x in seen] == ["STATUS", "STRING"] and seen[0].code == m.STATUS_NOT_READY
+            assert json.loads(msg.string)["valid_target"] is False
