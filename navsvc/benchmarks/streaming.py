@@ -5,8 +5,9 @@ approved state (timestamp = time of publish) at the given rate for ``--duration`
 seconds. The subscribers live in a separate process (like real robots and navigation
 systems), read with one ``selectors`` loop, and record for every new state the
 latency from its timestamp to the receipt of its TRANSFORM. "Stalled": one more
-client connects with a tiny receive buffer and never reads (its send timeout is set
-longer than the run, so it stays connected and stalled throughout).
+client connects with a tiny receive buffer and never reads; before the timed run the
+server publishes until that client's buffers are full (data pending in its outbox), and
+its send timeout is longer than the run, so it pushes back all along.
 
 Goal (issue #6): >= 500 updates/s to each of 8 subscribers with p99 <= 5 ms on
 loopback, unchanged by a stalled subscriber.
@@ -41,8 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _subscribers(port: int, count: int, duration_s: float, ready: Any, results: Any) -> None:
     """Child process: ``count`` subscribers on one selectors loop; report per subscriber
     the (state timestamp, latency) pairs (s) of each new TRANSFORM timestamp."""
-    from pyigtl.messages import _igtl_frac_to_nanosec
-
     sel = selectors.DefaultSelector()
     socks = []
     for i in range(count):
@@ -60,12 +59,12 @@ def _subscribers(port: int, count: int, duration_s: float, ready: Any, results: 
         for key, _ in sel.select(0.05):
             i = key.data
             try:
-                part = key.fileobj.recv(1 << 18)
+                part = socks[i].recv(1 << 18)
             except BlockingIOError:
                 continue
             now = time.time()
             if not part:
-                sel.unregister(key.fileobj)
+                sel.unregister(socks[i])
                 continue
             buf = bufs[i]
             buf += part
@@ -75,7 +74,7 @@ def _subscribers(port: int, count: int, duration_s: float, ready: Any, results: 
                 if len(buf) - off < 58 + size:
                     break
                 if mtype.startswith(b"TRANSFORM"):
-                    ts = sec + _igtl_frac_to_nanosec(frac) * 1e-9
+                    ts = sec + frac / 4294967296.0  # 2**32 (within 1 ns of the exact value)
                     if ts > last_ts[i]:
                         last_ts[i] = ts
                         latencies[i].append((ts, now - ts))
@@ -118,6 +117,14 @@ def run_one(n_subscribers: int, rate_hz: float, stalled: bool, duration_s: float
         if not ready.wait(60) or not server.wait_for_clients(n_subscribers + int(stalled), 10):
             child.kill()
             raise RuntimeError("subscribers did not connect")
+        if stalled:  # fill the stalled client's buffers first, so that it pushes back all along
+            fill_deadline = time.monotonic() + 20.0
+            while max((int(c["pending_bytes"]) for c in server.client_stats()), default=0) == 0:
+                if time.monotonic() > fill_deadline:
+                    raise RuntimeError("the stalled client never filled its buffers")
+                server.publish(TargetState("bench", "approved", "PASS",
+                                           (Target("Drill1", base_entry, base_target, 3.0),), time.time()))
+                time.sleep(0.0005)
         period_s = 1.0 / rate_hz
         published = 0
         t0 = time.perf_counter()
@@ -140,7 +147,9 @@ def run_one(n_subscribers: int, rate_hz: float, stalled: bool, duration_s: float
         # only states published in the timed window (not the initial one from before)
         latencies = [[lat for ts, lat in pairs if ts >= t0_unix] for pairs in received]
         child.join(10)
-        still_connected = server.client_count
+        stats = server.client_stats()   # only the stalled client (if any) is left
+        still_connected = len(stats)
+        stalled_pending = max((int(c["pending_bytes"]) for c in stats), default=0)
         if stall_sock is not None:
             stall_sock.close()
     per_rate = [len(lat) / elapsed_s for lat in latencies]
@@ -156,6 +165,8 @@ def run_one(n_subscribers: int, rate_hz: float, stalled: bool, duration_s: float
         "latency_ms_p99": 1e3 * _percentile(flat, 99),
         "latency_ms_max": 1e3 * max(flat) if flat else float("nan"),
         "clients_connected_at_end": still_connected,
+        "stalled_client_pending_bytes": stalled_pending,
+        "stalled_client_bytes_sent": max((int(c["bytes_sent"]) for c in stats), default=0),
     }
 
 

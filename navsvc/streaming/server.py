@@ -69,6 +69,8 @@ class StreamConfig:
     ``queue_size``: query replies kept per client (oldest dropped beyond).
     ``max_body_bytes``: larger incoming bodies close that client.
     ``send_timeout_s``: a client that accepts no data for this long is dropped.
+    ``send_buffer_bytes``: kernel send buffer per client (SO_SNDBUF); it bounds how much
+    already-encoded (possibly outdated) data can wait for a slow client. None: OS default.
     ``header_version``: 1 (OpenIGTLink 1/2, what most clients read) or 2 (v3 header).
     """
 
@@ -83,6 +85,7 @@ class StreamConfig:
     max_body_bytes: int = 65536
     max_clients: int = 64
     send_timeout_s: float = 2.0
+    send_buffer_bytes: int | None = 65536
     header_version: int = 1
 
     def __post_init__(self) -> None:
@@ -99,6 +102,8 @@ class StreamConfig:
             )
         if self.send_timeout_s <= 0:
             raise ConfigError(f"send_timeout_s: expected > 0, got {self.send_timeout_s}")
+        if self.send_buffer_bytes is not None and self.send_buffer_bytes < 4096:
+            raise ConfigError(f"send_buffer_bytes: expected >= 4096 or None, got {self.send_buffer_bytes}")
         if self.header_version not in (1, 2):
             raise ConfigError(f"header_version: expected 1 or 2, got {self.header_version}")
         try:
@@ -240,6 +245,14 @@ class IgtlServer:
         with self._lock:
             return len(self._clients)
 
+    def client_stats(self) -> list[dict[str, object]]:
+        """Per client: ``peer``, ``bytes_sent``, ``pending_bytes`` (written but not yet
+        accepted by the peer; > 0 for a slow or stalled client). A snapshot, for monitoring."""
+        with self._lock:
+            clients = list(self._clients.values())
+        return [{"peer": c.peer, "bytes_sent": c.bytes_sent,
+                 "pending_bytes": len(c.out) if c.out is not None else 0} for c in clients]
+
     def wait_for_clients(self, count: int, timeout_s: float) -> bool:
         """Block until exactly ``count`` clients are connected (True) or the timeout (False)."""
         with self._clients_changed:
@@ -341,6 +354,8 @@ class IgtlServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.config.send_buffer_bytes is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
         for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, opt):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
