@@ -368,3 +368,32 @@ def test_clearing_calibration_withdraws_device_targets():
             msg, seen = c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
             assert [x.message_type for x in seen] == ["STATUS", "STRING"] and seen[0].code == m.STATUS_NOT_READY
             assert json.loads(msg.string)["valid_target"] is False
+
+
+def test_reply_queue_is_bounded_for_a_client_that_does_not_read():
+    config = StreamConfig(port=0, refresh_hz=0, queue_size=4, send_buffer_bytes=4096)
+    with IgtlServer(config) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.settimeout(TIMEOUT_S)
+        query = m.QueryMessage("GET_STATUS", device_name="NavStatus").pack()
+        sock.sendall(query * 3000)                        # ~290 kB of replies owed, none read yet
+        deadline = time.monotonic() + TIMEOUT_S
+        while not any(c["pending_bytes"] for c in srv.client_stats()):
+            assert time.monotonic() < deadline, "the client's buffers never filled"
+            time.sleep(0.01)
+        other = IgtlClient("127.0.0.1", srv.port)         # the server still serves others at once
+        other.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+        other.close()
+        reader = IgtlClient.__new__(IgtlClient)           # now drain the first socket
+        reader.sock, reader.max_body_bytes, reader._buf = sock, 1 << 16, bytearray()
+        replies = 0
+        try:
+            while True:
+                msg = reader.receive(1.0)
+                replies += msg.message_type == "STATUS"
+        except TimeoutError:
+            pass
+        assert 4 <= replies < 3000 - 100, f"{replies} replies: the queue did not drop old replies"
+        sock.close()

@@ -161,6 +161,7 @@ class _Client:
         self.next_tdata_s = 0.0
         self.last_progress_s = now
         self.writing = False  # registered for EVENT_WRITE
+        self.closed = False
         self.bytes_sent = 0
 
 
@@ -292,40 +293,48 @@ class IgtlServer:
         self._sel = sel
         sel.register(self._listener, selectors.EVENT_READ, "listen")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        period_s = 1.0 / self.config.refresh_hz if self.config.refresh_hz > 0 else None
-        next_refresh_s = time.monotonic() + period_s if period_s else float("inf")
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                deadline = min([next_refresh_s, now + 0.25] +
-                               [c.next_tdata_s for c in self._clients.values() if c.tdata_interval_s])
-                for key, mask in sel.select(max(deadline - now, 0.0)):
-                    if key.data == "listen":
-                        self._accept()
-                    elif key.data == "wake":
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except BlockingIOError:
-                            pass
-                    else:
-                        client = key.data
-                        if mask & selectors.EVENT_READ:
-                            self._read(client)
-                now = time.monotonic()
-                if now >= next_refresh_s and period_s:
-                    with self._lock:
-                        self._version += 1
-                    next_refresh_s = max(next_refresh_s + period_s, now)
-                with self._lock:
-                    rendered, version = self._rendered, self._version
-                for client in list(self._clients.values()):
-                    self._flush(client, rendered, version, now)
+            self._serve(sel)
+        except Exception:
+            log.exception("OpenIGTLink I/O loop failed; closing every client")
+            raise
         finally:
             for client in list(self._clients.values()):
                 self._drop(client, "server stopping")
             sel.close()
             self._listener.close()
+
+    def _serve(self, sel: selectors.BaseSelector) -> None:
+        period_s = 1.0 / self.config.refresh_hz if self.config.refresh_hz > 0 else None
+        next_refresh_s = time.monotonic() + period_s if period_s else float("inf")
+        while not self._stop.is_set():
+            now = time.monotonic()
+            deadline = min([next_refresh_s, now + 0.25] +
+                           [c.next_tdata_s for c in self._clients.values() if c.tdata_interval_s])
+            for key, mask in sel.select(max(deadline - now, 0.0)):
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "wake":
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif mask & selectors.EVENT_READ:
+                    try:
+                        self._read(key.data)
+                    except Exception:  # a bug must cost one client, not the stream
+                        log.exception("client %s: unexpected error handling its input", key.data.peer)
+                        self._drop(key.data, "internal error handling its input")
+            now = time.monotonic()
+            if now >= next_refresh_s and period_s:
+                with self._lock:
+                    self._version += 1
+                next_refresh_s = max(next_refresh_s + period_s, now)
+            with self._lock:
+                rendered, version = self._rendered, self._version
+            for client in list(self._clients.values()):
+                self._flush(client, rendered, version, now)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -367,6 +376,7 @@ class IgtlServer:
         log.info("OpenIGTLink client %s connected", peer)
 
     def _drop(self, client: _Client, reason: str) -> None:
+        client.closed = True
         with self._clients_changed:
             if self._clients.pop(client.sock, None) is None:
                 return
@@ -397,7 +407,7 @@ class IgtlServer:
             return
         client.rbuf += data
         buf = client.rbuf
-        while len(buf) >= m.HEADER_SIZE:
+        while len(buf) >= m.HEADER_SIZE and not client.closed:
             try:
                 header = m.parse_header(bytes(buf[: m.HEADER_SIZE]), self.config.max_body_bytes)
                 end = m.HEADER_SIZE + header.body_size
@@ -475,6 +485,12 @@ class IgtlServer:
             log.info("client %s sent %s %r: ignored", client.peer, mtype, header.device_name)
 
     def _reply(self, client: _Client, raw: bytes) -> None:
+        if client.closed:
+            return
+        if len(client.replies) >= self.config.queue_size and client.out is None:
+            with self._lock:  # a burst of queries: move replies to the socket first
+                rendered, version = self._rendered, self._version
+            self._flush(client, rendered, version, time.monotonic())
         if len(client.replies) >= self.config.queue_size:
             client.replies.popleft()
             log.warning("client %s: reply queue full, dropped the oldest reply", client.peer)
