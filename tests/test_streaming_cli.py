@@ -96,3 +96,16 @@ def test_listen_reports_unreachable_server(capsys):
         port = s.getsockname()[1]
     assert main(["listen", "--port", str(port), "--timeout", "2"]) == 13
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_bench_streaming_smoke(tmp_path, capsys):
+    """The benchmark runs end to end and records a genuinely stalled client (no timing asserted)."""
+    out = tmp_path / "streaming.json"
+    assert main(["bench", "streaming", "--subscribers", "2", "--rates", "200", "--duration", "0.3",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["subscribers"], r["stalled_subscriber"]) for r in rows] == [(2, False), (2, True)]
+    for r in rows:
+        assert r["delivered_per_s_min"] > 0 and r["latency_ms_p50"] > 0
+    assert rows[1]["stalled_client_pending_bytes"] > 0 and rows[1]["clients_connected_at_end"] == 1
+    assert "OpenIGTLink streaming" in capsys.readouterr().out

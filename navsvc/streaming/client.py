@@ -28,6 +28,13 @@ class IgtlClient:
         self.max_body_bytes = max_body_bytes
         self._buf = bytearray()
 
+    @classmethod
+    def from_socket(cls, sock: socket.socket, max_body_bytes: int = 16 << 20) -> IgtlClient:
+        """Wrap an already connected socket (e.g. one with special options)."""
+        client = cls.__new__(cls)
+        client.sock, client.max_body_bytes, client._buf = sock, max_body_bytes, bytearray()
+        return client
+
     def send(self, message: m.MessageBase) -> None:
         self.sock.sendall(message.pack())
 
