@@ -378,7 +378,7 @@ def test_reply_queue_is_bounded_for_a_client_that_does_not_read():
         query = m.QueryMessage("GET_STATUS", device_name="NavStatus").pack()
         sock.sendall(query * 3000)                        # ~290 kB of replies owed, none read yet
         deadline = time.monotonic() + TIMEOUT_S
-        while not any(c["pending_bytes"] for c in srv.client_stats()):
+        while not any(c.pending_bytes for c in srv.client_stats()):
             assert time.monotonic() < deadline, "the client's buffers never filled"
             time.sleep(0.01)
         other = IgtlClient("127.0.0.1", srv.port)         # the server still serves others at once

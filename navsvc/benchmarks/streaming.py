@@ -119,7 +119,7 @@ def run_one(n_subscribers: int, rate_hz: float, stalled: bool, duration_s: float
             raise RuntimeError("subscribers did not connect")
         if stalled:  # fill the stalled client's buffers first, so that it pushes back all along
             fill_deadline = time.monotonic() + 20.0
-            while max((int(c["pending_bytes"]) for c in server.client_stats()), default=0) == 0:
+            while max((c.pending_bytes for c in server.client_stats()), default=0) == 0:
                 if time.monotonic() > fill_deadline:
                     raise RuntimeError("the stalled client never filled its buffers")
                 server.publish(TargetState("bench", "approved", "PASS",
@@ -149,7 +149,7 @@ def run_one(n_subscribers: int, rate_hz: float, stalled: bool, duration_s: float
         child.join(10)
         stats = server.client_stats()   # only the stalled client (if any) is left
         still_connected = len(stats)
-        stalled_pending = max((int(c["pending_bytes"]) for c in stats), default=0)
+        stalled_pending = max((c.pending_bytes for c in stats), default=0)
         if stall_sock is not None:
             stall_sock.close()
     per_rate = [len(lat) / elapsed_s for lat in latencies]
@@ -166,7 +166,7 @@ def run_one(n_subscribers: int, rate_hz: float, stalled: bool, duration_s: float
         "latency_ms_max": 1e3 * max(flat) if flat else float("nan"),
         "clients_connected_at_end": still_connected,
         "stalled_client_pending_bytes": stalled_pending,
-        "stalled_client_bytes_sent": max((int(c["bytes_sent"]) for c in stats), default=0),
+        "stalled_client_bytes_sent": max((c.bytes_sent for c in stats), default=0),
     }
 
 

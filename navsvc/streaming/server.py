@@ -147,6 +147,15 @@ def _check_calibration(T_device_from_ct: RigidTransform | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ClientStats:
+    """``pending_bytes``: encoded but not yet accepted by the peer (> 0: slow or stalled)."""
+
+    peer: str
+    bytes_sent: int
+    pending_bytes: int
+
+
 class _Client:
     """One subscriber's socket and outbox; touched only by the I/O thread."""
 
@@ -246,13 +255,11 @@ class IgtlServer:
         with self._lock:
             return len(self._clients)
 
-    def client_stats(self) -> list[dict[str, object]]:
-        """Per client: ``peer``, ``bytes_sent``, ``pending_bytes`` (written but not yet
-        accepted by the peer; > 0 for a slow or stalled client). A snapshot, for monitoring."""
+    def client_stats(self) -> list[ClientStats]:
+        """A snapshot per connected client, for monitoring."""
         with self._lock:
             clients = list(self._clients.values())
-        return [{"peer": c.peer, "bytes_sent": c.bytes_sent,
-                 "pending_bytes": len(c.out) if c.out is not None else 0} for c in clients]
+        return [ClientStats(c.peer, c.bytes_sent, len(c.out) if c.out is not None else 0) for c in clients]
 
     def wait_for_clients(self, count: int, timeout_s: float) -> bool:
         """Block until exactly ``count`` clients are connected (True) or the timeout (False)."""
