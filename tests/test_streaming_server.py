@@ -394,3 +394,34 @@ def test_reply_queue_is_bounded_for_a_client_that_does_not_read():
             pass
         assert 4 <= replies < 3000 - 100, f"{replies} replies: the queue did not drop old replies"
         sock.close()
+
+
+@pytest.mark.parametrize("frame", ["lps", "ras", "device"])
+def test_raw_protocol_client_gets_exact_matrices_in_each_frame(frame):
+    config = StreamConfig(port=0, refresh_hz=0, output_frame=frame,
+                          T_device_from_ct=T_DEVICE_FROM_CT if frame == "device" else None)
+    with IgtlServer(config) as srv:
+        srv.publish(approved())
+        raw = RawClient(srv.port)
+        seen = raw.until_string(lambda s: True)
+        expected = expected_pose(ENTRY_LPS, TARGET_LPS, frame)
+        body = next(b for t, n, _ts, b in seen if (t, n) == ("TRANSFORM", "Drill1ToReference"))
+        np.testing.assert_allclose(raw_matrix(body), expected, atol=1e-4, rtol=1e-6)
+        raw.sock.sendall(m.StartTrackingDataMessage(5, "", device_name="NavTargets").pack())
+        tdata = None
+        while tdata is None:
+            t, n, _ts, b = raw.message()
+            if t == "TDATA":
+                tdata = b
+        assert len(tdata) == 2 * 70 and tdata[:20].rstrip(b"\0") == b"Drill1" and tdata[20] == 2
+        np.testing.assert_allclose(raw_matrix(tdata[22:70]), expected, atol=1e-4, rtol=1e-6)
+        # withdrawal stops TDATA too: after the no-target state only STATUS/STRING arrive
+        srv.publish(TargetState.no_target("withdrawn"))
+        while True:
+            t, n, _ts, b = raw.message()
+            if t == "STRING" and b"withdrawn" in b:
+                break
+        raw.sock.sendall(m.QueryMessage("GET_STATUS", device_name="NavStatus").pack())
+        t, n, _ts, b = raw.message()
+        assert (t, n) == ("STATUS", "NavStatus") and struct.unpack(">H", b[:2])[0] == m.STATUS_NOT_READY
+        raw.sock.close()
