@@ -14,8 +14,12 @@ therefore never delays the others and never grows memory; one that makes no send
 progress for ``send_timeout_s`` is dropped, as is one that closes, resets, sends
 malformed or oversized input, or fails a CRC.
 
-Lock: ``IgtlServer._lock`` guards the current state, its version and the client
-table; it is held only to copy or swap references, never across a socket call.
+Locks (order: ``_publish_lock`` before ``_lock``; neither is ever held across a socket
+call): ``IgtlServer._publish_lock`` serialises :meth:`publish` and
+:meth:`set_device_calibration` (encoding included), so that states take effect in the
+order they were published -- an approval followed at once by a withdrawal can never end
+on the approval. ``IgtlServer._lock`` guards the current state, its version and the
+client table, held only to copy or swap references.
 """
 
 from __future__ import annotations
@@ -180,6 +184,7 @@ class IgtlServer:
     def __init__(self, config: StreamConfig | None = None) -> None:
         self.config = config or StreamConfig()
         self._nets = allowed_networks(self.config.allow)
+        self._publish_lock = threading.Lock()  # serialises publish / set_device_calibration
         self._lock = threading.Lock()
         self._clients_changed = threading.Condition(self._lock)
         self._clients: dict[socket.socket, _Client] = {}
@@ -226,23 +231,22 @@ class IgtlServer:
             raise InputError(f"expected a TargetState, got {type(state).__name__}")
         for t in state.targets:
             transform_device_name(t.name, self.config.reference_name)
-        with self._lock:
-            T_device_from_ct = self._T_device_from_ct
-        rendered = self._render(state, T_device_from_ct)  # encode outside the lock
-        with self._lock:
-            if self._T_device_from_ct is not T_device_from_ct:  # calibration changed meanwhile
-                rendered = self._render(state, self._T_device_from_ct)
-            self._state, self._rendered = state, rendered
-            self._version += 1
+        with self._publish_lock:  # publishes take effect in call order (approve, then withdraw)
+            rendered = self._render(state, self._T_device_from_ct)
+            with self._lock:
+                self._state, self._rendered = state, rendered
+                self._version += 1
         self._wake()
 
     def set_device_calibration(self, T_device_from_ct: RigidTransform | None) -> None:
         """Set (or clear with None) ``T_device_from_ct``; re-sends the current state."""
         _check_calibration(T_device_from_ct)
-        with self._lock:
-            self._T_device_from_ct = T_device_from_ct
-            self._rendered = self._render(self._state, T_device_from_ct)
-            self._version += 1
+        with self._publish_lock:
+            rendered = self._render(self._state, T_device_from_ct)
+            with self._lock:
+                self._T_device_from_ct = T_device_from_ct
+                self._rendered = rendered
+                self._version += 1
         self._wake()
 
     @property
