@@ -103,7 +103,8 @@ def test_reference_client_receives_and_decodes_our_stream(ref_client, frame):
     np.testing.assert_allclose(np.array(el[4:11], float), [*entry, *target, 1.5], atol=1e-4, rtol=1e-6)
     pts = [ln for ln in lines if ln[0] == "POINT_EL"]
     assert [p[1] for p in pts] == ["Drill1-Entry", "Drill1-Target"]
-    np.testing.assert_allclose(np.array(pts[1][3:6], float), target, atol=1e-4, rtol=1e-6)
+    np.testing.assert_allclose(np.array(pts[1][3:7], float), [*target, 1.5], atol=1e-4, rtol=1e-6)
+    assert pts[1][2] == "Drill1" and pts[1][7] == "Reference"
     assert rows["STATUS"][3:5] == ["1", "0"]
     assert '"state": "approved"' in rows["STRING"][4] and '"qa_verdict": "WARN"' in rows["STRING"][4]
 
