@@ -448,7 +448,7 @@ class IgtlServer:
                     client.next_tdata_s = max(client.next_tdata_s + client.tdata_interval_s, now)
                 if not chunks:
                     break
-                client.out = memoryview(b"".join(chunks))
+                client.out = memoryview(chunks[0] if len(chunks) == 1 else b"".join(chunks))
                 client.last_progress_s = now
             try:
                 n = client.sock.send(client.out)
