@@ -234,8 +234,13 @@ class IgtlServer:
         with self._publish_lock:  # publishes take effect in call order (approve, then withdraw)
             rendered = self._render(state, self._T_device_from_ct)
             with self._lock:
+                previous = self._state
                 self._state, self._rendered = state, rendered
                 self._version += 1
+        if (previous.state, previous.registration_id) != (state.state, state.registration_id):
+            log.info("stream state %s (registration %s, QA %s, %d target(s), valid=%s)%s", state.state,
+                     state.registration_id, state.qa_verdict, len(state.targets), rendered.valid,
+                     f": {rendered.reason}" if rendered.reason else "")
         self._wake()
 
     def set_device_calibration(self, T_device_from_ct: RigidTransform | None) -> None:
