@@ -1,6 +1,6 @@
 """Evaluate the automatic planner on digital phantoms: a table (and JSON) of figures.
 
-    python -m planning.evaluate --seeds 0-9 [--preset small] [--json out.json]
+    python -m planning.evaluate --seeds 0-9 [--preset small] [--set mri_orientation=\"axial\"] [--json out.json]
 
 For each seed (sides alternate: even right, odd left) and each planner setting (one 8 mm
 core; a fan of three 3.2 mm drillings) it reports whether a plan was found, whether its side
@@ -64,15 +64,31 @@ def true_clearance_mm(inside: Any, entry: NDArray[np.float64], target: NDArray[n
     return float(lo.min() - radius_mm)
 
 
-def evaluate(seeds: Sequence[int], preset: str = "small") -> list[dict[str, Any]]:
-    """Plan every seed with both settings; one row of figures per (seed, setting)."""
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["mri_orientation=\"axial\"", "mri_spacing_mm=[1.5, 1.5, 4.0]"]`` -> preset overrides
+    (values are JSON; a bare word is taken as a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def evaluate(seeds: Sequence[int], preset: str = "small", **overrides: Any) -> list[dict[str, Any]]:
+    """Plan every seed with both settings; one row of figures per (seed, setting).
+    ``overrides`` are phantom preset fields (e.g. ``mri_orientation="axial"``)."""
     from phantoms import make_case
     from phantoms.anatomy import HipModel
 
     rows = []
     for seed in seeds:
         side = "left" if seed % 2 else "right"
-        case = make_case(seed, preset, modalities=("mri",), side=side)
+        case = make_case(seed, preset, modalities=("mri",), side=side, **overrides)
         model = HipModel(case.params["anatomy"])
 
         def inside(points: NDArray[np.float64], model: HipModel = model) -> NDArray[np.bool_]:
@@ -131,9 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m planning.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0-9", help="seeds, e.g. 0-9 or 0,3,5")
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="phantom preset override (JSON value), repeatable")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    rows = evaluate(parse_seeds(args.seeds), args.preset)
+    rows = evaluate(parse_seeds(args.seeds), args.preset, **parse_overrides(args.set))
     print(format_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

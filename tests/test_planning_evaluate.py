@@ -5,11 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planning.evaluate import evaluate, format_table, parse_seeds, true_clearance_mm
+from planning.evaluate import (
+    evaluate,
+    format_table,
+    parse_overrides,
+    parse_seeds,
+    true_clearance_mm,
+)
 
 
-def test_parse_seeds():
+def test_parse_seeds_and_overrides():
     assert parse_seeds("0-3,7, 9") == [0, 1, 2, 3, 7, 9]
+    assert parse_overrides(["mri_orientation=axial", "mri_spacing_mm=[1.5, 1.5, 4.0]"]) == {
+        "mri_orientation": "axial", "mri_spacing_mm": [1.5, 1.5, 4.0]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["axial"])
 
 
 def test_true_clearance_in_a_cylinder_is_exact():
