@@ -49,7 +49,13 @@ def test_perturbed_gives_the_known_error(case):
     # 1 mm translation plus 1 degree about the head centre: 1 mm at the head centre
     assert r["tre_mm"]["head_centre"] == pytest.approx(1.0, abs=1e-9)
     assert 0.5 < r["tre"]["mean"] < 1.8  # rotation and translation add or cancel per point
-    assert r["dice_lesion"] < evaluate_case(case, get_method("truth"))["dice_lesion"]
+
+
+def test_dice_drops_with_a_large_error(case):
+    shift = RigidTransform.from_euler_deg((0, 0, 0), (4.0, 0.0, 3.0), CT, CT)
+    r = evaluate_case(case, lambda c: MethodResult(shift @ c.T_ct_from_mri_femur, 0.0))
+    assert r["tre"]["max"] == pytest.approx(5.0, abs=1e-9) and not r["success"]
+    assert r["dice_lesion"] < evaluate_case(case, get_method("truth"))["dice_lesion"] - 0.2
 
 
 def test_a_failing_or_wrong_method_is_reported_not_raised(case):
