@@ -172,3 +172,13 @@ def test_bad_case_folders_are_clear_errors(tmp_path):
         load_case(bad)
     with pytest.raises(InputError, match="holds no case folders"):
         run_validation(str(tmp_path / "empty"), "truth", tmp_path / "rep")
+
+
+def test_a_general_transform_result_is_measured_too(case):
+    """Methods may return a navsvc.transforms.Transform (e.g. rigid + displacement field)."""
+    from navsvc.transforms import displacement_field_transform
+
+    field = displacement_field_transform(np.zeros((*case.labels_ct.GetSize()[::-1], 3)), case.labels_ct, CT, CT)
+    r = evaluate_case(case, lambda c: MethodResult(field @ c.T_ct_from_mri_femur, 0.1))
+    assert r["tre"]["max"] < 1e-9 and r["success"]
+    assert r["dice_lesion"] == pytest.approx(evaluate_case(case, get_method("truth"))["dice_lesion"], abs=1e-9)
