@@ -207,12 +207,12 @@ class RigidTransform:
     @classmethod
     def from_sitk(cls, tx: sitk.Transform, to_frame: str, from_frame: str) -> RigidTransform:
         """From any SimpleITK linear transform whose matrix is a rotation."""
-        tx = _downcast(tx)
-        if not hasattr(tx, "GetMatrix"):
-            raise TransformError(f"expected a linear (matrix) transform, got {tx.GetName()}")
-        a = np.array(tx.GetMatrix(), dtype=np.float64).reshape(3, 3)
-        t = np.array(tx.GetTranslation(), dtype=np.float64)
-        c = np.array(tx.GetCenter(), dtype=np.float64) if hasattr(tx, "GetCenter") else np.zeros(3)
+        linear: Any = _downcast(tx)
+        if not hasattr(linear, "GetMatrix"):
+            raise TransformError(f"expected a linear (matrix) transform, got {linear.GetName()}")
+        a = np.array(linear.GetMatrix(), dtype=np.float64).reshape(3, 3)
+        t = np.array(linear.GetTranslation(), dtype=np.float64)
+        c = np.array(linear.GetCenter(), dtype=np.float64) if hasattr(linear, "GetCenter") else np.zeros(3)
         m = np.eye(4)
         m[:3, :3] = a
         m[:3, 3] = t + c - a @ c
