@@ -104,3 +104,58 @@ def test_bad_inputs(femur_labels, scene):
         register_views(mu, views, [images[0][:100], images[1]], T_true)
     with pytest.raises(InputError, match="initial T_world_from_mri"):
         register_views(mu, views, images, T_true.inverse())
+
+
+# -- the whole fluoroscopy registration with QA -------------------------------------------
+def _views(scene):
+    from navsvc.fluoro.views import FluoroView
+
+    _, views, images, _ = scene
+    return [FluoroView(g, im.astype(np.float32), g.name) for g, im in zip(views, images, strict=True)]
+
+
+@pytest.mark.slow
+def test_register_mri_to_fluoro_passes_from_the_default_start(femur_labels, scene):
+    """No initial pose given: patient frames aligned, lesion at the isocentre (the true pose is 22 degrees
+    and ~10 mm away from that)."""
+    from navsvc.fluoro.register import FluoroOptions, initial_pose, register_mri_to_fluoro
+
+    T_true = scene[0]
+    fviews = _views(scene)
+    T0 = initial_pose(femur_labels, fviews, FluoroOptions().labels)
+    assert np.linalg.norm(T0.apply(LESION) - T_true.apply(LESION)) > 3.0
+    result = register_mri_to_fluoro(femur_labels, fviews, FluoroOptions(pose=PoseOptions(n_starts=7, n_refine=1)))
+    tre_mm = np.linalg.norm(result.T_world_from_mri.apply(LESION) - T_true.apply(LESION))
+    assert tre_mm < 0.5, tre_mm
+    assert result.qa.verdict == "PASS", result.qa.reasons
+    assert result.qa.figures["disagreement_mm_ap"] < 1.0
+
+
+def test_views_that_disagree_fail(femur_labels, scene):
+    """The lateral image exchanged for one of a different patient pose: the gate must FAIL."""
+    from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
+    from navsvc.fluoro.views import FluoroView
+
+    T_true, views, images, iso = scene
+    T_other = perturb(T_true, 12.0, 15.0, iso, seed=7)
+    fine = bone_attenuation(femur_labels, options=AttenuationOptions(spacing_mm=1.0))
+    with torch.no_grad():
+        other = render(AttenuationVolume.from_image(fine), views[1:],
+                       torch.as_tensor(T_other.matrix, dtype=torch.float32), n_samples=192)[0].numpy()
+    fviews = [FluoroView(views[0], images[0].astype(np.float32)), FluoroView(views[1], other.astype(np.float32))]
+    result = register_mri_to_fluoro(femur_labels, fviews, FluoroOptions(pose=FAST),
+                                    T_world_from_mri_init=T_true)
+    assert result.qa.verdict == "FAIL", result.qa.to_dict()
+
+
+def test_single_view_warns_and_parallel_views_are_refused(femur_labels, scene):
+    from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
+    from navsvc.fluoro.views import FluoroView
+
+    fviews = _views(scene)
+    result = register_mri_to_fluoro(femur_labels, fviews[:1], FluoroOptions(pose=FAST),
+                                    T_world_from_mri_init=scene[0])
+    assert result.qa.verdict in ("WARN", "FAIL") and any("single view" in r for r in result.qa.reasons)
+    twin = FluoroView(ViewGeometry(**{**fviews[0].geometry.__dict__, "name": "ap2"}), fviews[0].line_integral)
+    with pytest.raises(InputError, match="degrees apart"):
+        register_mri_to_fluoro(femur_labels, [fviews[0], twin])
