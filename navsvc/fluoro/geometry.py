@@ -102,6 +102,16 @@ class ViewGeometry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "geometry") -> ViewGeometry:
+        """From our JSON (``T_world_from_carm``, carm origin at the source) or the phantoms' JSON
+        (``T_ct_from_carm`` with its carm origin at the isocentre and the source at ``z = -sad_mm``)."""
+        if "T_world_from_carm" not in data and "T_ct_from_carm" in data:
+            if "sad_mm" not in data:
+                raise InputError(f"{where}: T_ct_from_carm (isocentre origin) needs sad_mm, the source-to-isocentre "
+                                 "distance")
+            shift = np.eye(4)
+            shift[2, 3] = -float(data["sad_mm"])
+            data = {**data, "T_world_from_carm": (np.asarray(data["T_ct_from_carm"], dtype=np.float64)
+                                                  @ shift).tolist()}
         missing = [k for k in ("sdd_mm", "pixel_spacing_mm", "size_px", "principal_point_px", "T_world_from_carm")
                    if k not in data]
         if missing:

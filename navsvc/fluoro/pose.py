@@ -146,6 +146,9 @@ def register_views(
     T_init = torch.as_tensor(T_world_from_mri_init.matrix, dtype=dtype, device=device)
     centre_world = torch.as_tensor(T_world_from_mri_init.apply(centre_mri), dtype=dtype, device=device)
     image_t = [torch.as_tensor(np.asarray(img, dtype=np.float32), device=device) for img in images]
+    # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
+    valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1, padding=2)[0, 0]
+               for im in image_t]
 
     def similarity(params: torch.Tensor, stride: int, weights: list[torch.Tensor] | None
                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -155,7 +158,11 @@ def register_views(
         used = []
         for i, drr in enumerate(drrs):
             target = _block_mean(image_t[i], stride, tuple(drr.shape))
-            w = weights[i] if weights is not None else _support_weight(drr.detach(), max(2, 8 // stride))
+            if weights is not None:
+                w = weights[i]
+            else:
+                valid = (_block_mean(valid_t[i], stride, tuple(drr.shape)) > 0.999).to(dtype)
+                w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
             used.append(w)
             sims.append(gradient_correlation(drr, target, w))
         return torch.stack(sims).mean(), [s.detach() for s in sims], used

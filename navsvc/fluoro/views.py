@@ -87,7 +87,8 @@ def read_view(image_path: str | os.PathLike[str], geometry_path: str | os.PathLi
             raise InputError(f"{gpath.name}: not a readable JSON geometry file: {exc}") from exc
         data.setdefault("name", view_name)
         geometry = ViewGeometry.from_dict(data, gpath.name)
-        kind = str(data.get("pixel_values", "intensity"))
+        default_kind = "line_integral" if "line integral" in str(data.get("values", "")) else "intensity"
+        kind = str(data.get("pixel_values", default_kind))
         if kind == "line_integral":
             line = arr.astype(np.float32)
         elif kind == "intensity":
