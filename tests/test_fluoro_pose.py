@@ -159,3 +159,18 @@ def test_single_view_warns_and_parallel_views_are_refused(femur_labels, scene):
     twin = FluoroView(ViewGeometry(**{**fviews[0].geometry.__dict__, "name": "ap2"}), fviews[0].line_integral)
     with pytest.raises(InputError, match="degrees apart"):
         register_mri_to_fluoro(femur_labels, [fviews[0], twin])
+
+
+def test_overlay_png_shows_every_view(tmp_path, femur_labels, scene):
+    from navsvc.fluoro.figures import femur_surface_points_mri, write_overlay
+
+    T_true = scene[0]
+    surface = femur_surface_points_mri(femur_labels)
+    # boundary voxels lie on the femur's surface: about the head radius (22 mm) from the head centre
+    near_head = surface[np.linalg.norm(surface - HEAD, axis=1) < 30]
+    assert np.median(np.linalg.norm(near_head - HEAD, axis=1)) == pytest.approx(21.0, abs=2.0)
+    out = write_overlay(tmp_path / "fluoro_overlay.png", _views(scene), femur_labels, T_true, {"lesion": LESION})
+    import matplotlib.image
+
+    img = matplotlib.image.imread(out)
+    assert img.shape[1] > img.shape[0] > 200  # two panels side by side

@@ -31,6 +31,7 @@ class AttenuationOptions:
     mu_cortical_per_mm: float = MU_CORTICAL_PER_MM
     mu_trabecular_per_mm: float = MU_TRABECULAR_PER_MM
     include_pelvis: bool = False
+    fov_taper_mm: float = 15.0
 
 
 def _signed_distance_mm(mask: sitk.Image) -> sitk.Image:
@@ -74,6 +75,15 @@ def bone_attenuation(labels: sitk.Image, spec: LabelSpec = LabelSpec(),
         value = inside * (options.mu_trabecular_per_mm
                           + (options.mu_cortical_per_mm - options.mu_trabecular_per_mm) * cortical)
         mu = np.maximum(mu, value.astype(np.float32))
+    if options.fov_taper_mm > 0:
+        # the MRI field of view cuts the femur (shaft) with a hard face that no radiograph shows:
+        # fade the attenuation out over ``fov_taper_mm`` towards the label map's edges
+        idx = np.indices(size[::-1]).reshape(3, -1)[::-1].T.astype(np.float64)
+        pts = idx @ (direction * options.spacing_mm).T + origin
+        ijk = (pts - np.array(labels.GetOrigin())) @ np.linalg.inv(direction * spacing).T
+        dist_mm = np.min(np.concatenate([(ijk + 0.5) * spacing, (np.array(labels.GetSize()) - 0.5 - ijk) * spacing],
+                                        axis=1), axis=1)
+        mu *= np.clip(dist_mm / options.fov_taper_mm, 0.0, 1.0).reshape(mu.shape).astype(np.float32)
     out = sitk.GetImageFromArray(mu)
     out.CopyInformation(grid)
     return out
