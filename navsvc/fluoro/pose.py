@@ -1,0 +1,261 @@
+"""Rigid 2D/3D pose optimisation of the femur over several fluoroscopy views.
+
+Contract: ``register_views(mu, views, images, T_world_from_mri_init)`` returns
+``T_world_from_mri`` such that DRRs of ``mu`` (an attenuation volume in the MRI frame) placed
+by it match every view's image. Images are line-integral images (``-log(I / I0)``), rows x
+columns as in each view's geometry.
+
+Similarity: gradient correlation (normalised cross-correlation of the image gradients, averaged
+over both axes and all views; 1 is perfect). It ignores the absolute contrast, which differs
+between a bone-only DRR and a real radiograph with soft tissue. Optimisation: Adam on a
+rotation vector about the volume centre and a translation, multi-scale over detector strides,
+with several starts at the coarsest scale, keeping the best.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from navsvc.errors import InputError
+from navsvc.fluoro.drr import AttenuationVolume, pose_from_params, render
+from navsvc.fluoro.geometry import ViewGeometry
+from navsvc.frames import MRI, WORLD
+from navsvc.progress import CancelToken, ProgressFn, no_progress
+from navsvc.transforms import RigidTransform, rotation_matrix_from_axis_angle
+
+
+@dataclass(frozen=True)
+class PoseOptions:
+    strides: tuple[int, ...] = (4, 2)
+    iterations: tuple[int, ...] = (80, 50)
+    start_iterations: int = 30
+    n_samples: int = 96
+    n_starts: int = 7
+    n_refine: int = 2
+    start_spread_deg: float = 8.0
+    lr_rotation_rad: float = 0.01
+    lr_translation_mm: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class PoseResult:
+    T_world_from_mri: RigidTransform
+    similarity_per_view: list[float]
+    similarity_initial_per_view: list[float]
+    starts_tried: int
+    seconds: float
+    history: list[float] = field(default_factory=list)
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"expected device cpu, cuda or auto, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda requested but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _block_mean(image: torch.Tensor, stride: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Downsample an image (rows, cols) by averaging ``stride`` x ``stride`` blocks, cropped to ``shape``."""
+    if stride == 1:
+        return image[: shape[0], : shape[1]]
+    h, w = image.shape
+    hp, wp = -(-h // stride) * stride, -(-w // stride) * stride
+    padded = torch.nn.functional.pad(image[None, None], (0, wp - w, 0, hp - h), mode="replicate")[0, 0]
+    pooled = padded.reshape(hp // stride, stride, wp // stride, stride).mean(dim=(1, 3))
+    return pooled[: shape[0], : shape[1]]
+
+
+def _ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    wsum = w.sum().clamp_min(1e-9)
+    ma, mb = (a * w).sum() / wsum, (b * w).sum() / wsum
+    da, db = a - ma, b - mb
+    cov = (w * da * db).sum()
+    return cov / torch.sqrt((w * da * da).sum() * (w * db * db).sum() + 1e-12)
+
+
+def gradient_correlation(drr: torch.Tensor, image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean NCC of the row and column gradients of two images, weighted (1 = identical structure)."""
+    gx_d, gx_i = drr[:, 1:] - drr[:, :-1], image[:, 1:] - image[:, :-1]
+    gy_d, gy_i = drr[1:, :] - drr[:-1, :], image[1:, :] - image[:-1, :]
+    wx = torch.minimum(weight[:, 1:], weight[:, :-1])
+    wy = torch.minimum(weight[1:, :], weight[:-1, :])
+    return 0.5 * (_ncc(gx_d, gx_i, wx) + _ncc(gy_d, gy_i, wy))
+
+
+def _support_weight(drr: torch.Tensor, dilate_px: int) -> torch.Tensor:
+    """1 where the DRR shows the bone (dilated by ``dilate_px``), else 0."""
+    mask = (drr > 0.02 * drr.max()).to(drr.dtype)[None, None]
+    k = 2 * dilate_px + 1
+    return (torch.nn.functional.max_pool2d(mask, k, stride=1, padding=dilate_px)[0, 0] > 0).to(drr.dtype)
+
+
+def _start_offsets(n: int, spread_deg: float, seed: int) -> list[np.ndarray]:
+    """Rotation-vector offsets (rad) for multi-start: the initial pose, then +-spread about each axis,
+    then random ones."""
+    spread = np.deg2rad(spread_deg)
+    offsets = [np.zeros(3)]
+    for axis in range(3):
+        for sign in (1.0, -1.0):
+            v = np.zeros(3)
+            v[axis] = sign * spread
+            offsets.append(v)
+    rng = np.random.default_rng(seed)
+    while len(offsets) < n:
+        offsets.append(rng.normal(size=3) * spread / np.sqrt(3))
+    return offsets[:n]
+
+
+def register_views(
+    mu: sitk.Image,
+    views: Sequence[ViewGeometry],
+    images: Sequence[np.ndarray],
+    T_world_from_mri_init: RigidTransform,
+    options: PoseOptions = PoseOptions(),
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> PoseResult:
+    """Optimise ``T_world_from_mri`` so that DRRs of ``mu`` match ``images`` in every view."""
+    if len(views) != len(images) or not views:
+        raise InputError(f"expected one image per view and at least one view, got {len(views)} views and "
+                         f"{len(images)} images")
+    if len(options.strides) != len(options.iterations):
+        raise InputError("expected as many iteration counts as strides")
+    for view, img in zip(views, images, strict=True):
+        if img.shape != (view.size_px[1], view.size_px[0]):
+            raise InputError(f"view {view.name!r}: image is {img.shape[1]}x{img.shape[0]} px, geometry says "
+                             f"{view.size_px[0]}x{view.size_px[1]}")
+    if (T_world_from_mri_init.to_frame, T_world_from_mri_init.from_frame) != (WORLD, MRI):
+        raise InputError(f"expected an initial T_world_from_mri, got {T_world_from_mri_init.name}")
+    started = time.perf_counter()
+    device = choose_device(options.device)
+    dtype = torch.float32
+    volume = AttenuationVolume.from_image(mu, device=device, dtype=dtype)
+    centre_mri, _ = volume.bounding_sphere()
+    T_init = torch.as_tensor(T_world_from_mri_init.matrix, dtype=dtype, device=device)
+    centre_world = torch.as_tensor(T_world_from_mri_init.apply(centre_mri), dtype=dtype, device=device)
+    image_t = [torch.as_tensor(np.asarray(img, dtype=np.float32), device=device) for img in images]
+    # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
+    valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1, padding=2)[0, 0]
+               for im in image_t]
+
+    def similarity(params: torch.Tensor, stride: int, weights: list[torch.Tensor] | None
+                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        drrs = render(volume, views, pose_from_params(params, T_init, centre_world),
+                      n_samples=options.n_samples, stride=stride)
+        sims = []
+        used = []
+        for i, drr in enumerate(drrs):
+            target = _block_mean(image_t[i], stride, tuple(drr.shape))
+            if weights is not None:
+                w = weights[i]
+            else:
+                valid = (_block_mean(valid_t[i], stride, tuple(drr.shape)) > 0.999).to(dtype)
+                w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
+            used.append(w)
+            sims.append(gradient_correlation(drr, target, w))
+        return torch.stack(sims).mean(), [s.detach() for s in sims], used
+
+    # Adam moves each parameter by about its learning rate per step whatever the gradient's scale,
+    # so optimise in units of (lr_rotation_rad, lr_translation_mm) with a unit learning rate.
+    unit = torch.tensor([options.lr_rotation_rad] * 3 + [options.lr_translation_mm] * 3, dtype=dtype,
+                        device=device)
+
+    def optimise(params0: np.ndarray, stride: int, iters: int, report: tuple[float, float] | None
+                 ) -> tuple[np.ndarray, float, list[float]]:
+        scaled = (torch.as_tensor(params0, dtype=dtype, device=device) / unit).requires_grad_(True)
+        # the mask is fixed per level (from the level's starting pose) so the objective is smooth
+        with torch.no_grad():
+            _, _, weights = similarity(scaled * unit, stride, None)
+        opt = torch.optim.Adam([scaled], lr=1.0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=0.05)
+        hist: list[float] = []
+        best = (float("-inf"), np.asarray(params0, dtype=np.float64))
+        for it in range(iters):
+            if cancel is not None:
+                cancel.check()
+            opt.zero_grad()
+            sim, _, _ = similarity(scaled * unit, stride, weights)
+            (-sim).backward()
+            value = float(sim.detach())
+            hist.append(value)
+            if value > best[0]:
+                best = (value, (scaled.detach() * unit).cpu().double().numpy())
+            opt.step()
+            sched.step()
+            if report is not None:
+                a, b = report
+                progress("fluoro", a + (b - a) * (it + 1) / iters, f"stride {stride}: similarity {value:.4f}")
+        return best[1], best[0], hist
+
+    with torch.no_grad():
+        _, sims0, _ = similarity(torch.zeros(6, dtype=dtype, device=device), options.strides[-1], None)
+    # multi-start at the coarsest scale
+    coarse = options.strides[0]
+    starts = _start_offsets(max(1, options.n_starts), options.start_spread_deg, options.seed)
+    candidates = []
+    n_levels = len(options.strides)
+    start_share = 0.4 if len(starts) > 1 else 0.0
+    for k, rot in enumerate(starts):
+        p0 = np.concatenate([rot, np.zeros(3)])
+        span = (start_share * k / len(starts), start_share * (k + 1) / len(starts))
+        params, value, _ = optimise(p0, coarse, options.start_iterations, span if len(starts) > 1 else None)
+        candidates.append((value, params))
+    candidates.sort(key=lambda c: -c[0])
+    # refine the best few starts through every scale; keep the one that ends most similar
+    finals = []
+    n_refine = min(options.n_refine, len(candidates))
+    for r, (_, start_params) in enumerate(candidates[:n_refine]):
+        params = start_params
+        history: list[float] = []
+        for level, (stride, iters) in enumerate(zip(options.strides, options.iterations, strict=True)):
+            step = (r * n_levels + level) / (n_refine * n_levels)
+            nxt = (r * n_levels + level + 1) / (n_refine * n_levels)
+            params, value, hist = optimise(params, stride, iters,
+                                           (start_share + (1 - start_share) * step,
+                                            start_share + (1 - start_share) * nxt))
+            history.extend(hist)
+        finals.append((value, params, history))
+    finals.sort(key=lambda f: -f[0])
+    _, params, history = finals[0]
+    with torch.no_grad():
+        final_t = pose_from_params(torch.as_tensor(params, dtype=dtype, device=device), T_init, centre_world)
+        _, sims, _ = similarity(torch.as_tensor(params, dtype=dtype, device=device), options.strides[-1], None)
+    m = final_t.detach().cpu().double().numpy()
+    # re-orthonormalise the float32 rotation
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    m[:3, :3] = u @ vt
+    m[3] = [0, 0, 0, 1]
+    return PoseResult(
+        T_world_from_mri=RigidTransform(m, WORLD, MRI),
+        similarity_per_view=[float(s) for s in sims],
+        similarity_initial_per_view=[float(s) for s in sims0],
+        starts_tried=len(starts),
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
+
+
+def perturb(T: RigidTransform, angle_deg: float, translation_mm: float, centre_mm: np.ndarray,
+            seed: int) -> RigidTransform:
+    """``T`` composed with a random rotation of ``angle_deg`` about ``centre_mm`` (in T's target frame)
+    and a random translation of length ``translation_mm`` (for tests and benchmarks)."""
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    delta = RigidTransform.from_rotation_translation(
+        rotation_matrix_from_axis_angle(axis, angle_deg), direction * translation_mm, T.to_frame, T.to_frame,
+        center_mm=centre_mm)
+    return delta @ T

@@ -1,0 +1,179 @@
+"""MRI -> fluoroscopy registration: the femur's pose in the C-arm world from two or more views.
+
+Contract: ``register_mri_to_fluoro(labels, views)`` returns ``T_world_from_mri`` (maps MRI points
+into the fluoroscopy world frame, LPS mm) such that the femur of ``labels``, rendered as an
+attenuation volume, projects onto every view as it appears there; plus a QA verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from navsvc.errors import InputError
+from navsvc.fluoro.attenuation import AttenuationOptions, bone_attenuation
+from navsvc.fluoro.drr import AttenuationVolume, pose_from_params, render
+from navsvc.fluoro.pose import PoseOptions, choose_device, gradient_correlation, register_views
+from navsvc.fluoro.views import FluoroView, check_views_consistent, isocentre_estimate
+from navsvc.frames import MRI, WORLD
+from navsvc.imaging import LabelSpec, check_label_map, voxel_centers_lps
+from navsvc.progress import CancelToken, ProgressFn, no_progress, scaled
+from navsvc.transforms import RigidTransform
+
+
+@dataclass(frozen=True)
+class FluoroOptions:
+    pose: PoseOptions = PoseOptions()
+    attenuation: AttenuationOptions = AttenuationOptions()
+    labels: LabelSpec = LabelSpec()
+    #: per-view gradient correlation below which the registration FAILs / WARNs
+    fail_similarity: float = 0.5
+    warn_similarity: float = 0.7
+    #: a single-view refinement may move the lesion this far across that view's beam before the views
+    #: are said to disagree (mm)
+    max_view_disagreement_mm: float = 2.0
+    check_view_agreement: bool = True
+
+
+@dataclass
+class FluoroQA:
+    verdict: str
+    reasons: list[str]
+    figures: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "figures": dict(self.figures)}
+
+
+@dataclass
+class FluoroResult:
+    T_world_from_mri: RigidTransform
+    qa: FluoroQA
+    timings_s: dict[str, float]
+    similarity_per_view: dict[str, float] = field(default_factory=dict)
+
+
+def lesion_centre_mri(labels: sitk.Image, spec: LabelSpec) -> np.ndarray:
+    """Centroid of the necrosis label (LPS mm), or of the femur if there is no lesion."""
+    arr = sitk.GetArrayViewFromImage(labels)
+    mask = arr == spec.necrosis
+    if not mask.any():
+        mask = arr == spec.femur
+    return voxel_centers_lps(labels, mask).mean(axis=0)
+
+
+def initial_pose(labels: sitk.Image, views: list[FluoroView], spec: LabelSpec) -> RigidTransform:
+    """Patient frames aligned (both LPS, patient supine), the lesion at the views' common isocentre."""
+    centre = lesion_centre_mri(labels, spec)
+    iso = isocentre_estimate(views)
+    return RigidTransform.from_rotation_translation(np.eye(3), iso - centre, WORLD, MRI)
+
+
+def register_mri_to_fluoro(
+    labels: sitk.Image,
+    views: list[FluoroView],
+    options: FluoroOptions = FluoroOptions(),
+    *,
+    T_world_from_mri_init: RigidTransform | None = None,
+    targets_mri: np.ndarray | None = None,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> FluoroResult:
+    """Register the MRI femur to the views (see the module docstring). Never raises on a poor result:
+    the verdict says FAIL with reasons. Raises on bad inputs and :class:`~navsvc.errors.Cancelled`."""
+    spec = options.labels
+    check_label_map(labels, spec, required=("femur",), name="segmentation")
+    check_views_consistent(views)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress("attenuation", 0.0, "building the femur attenuation volume")
+    mu = bone_attenuation(labels, spec, options.attenuation)
+    timings["attenuation"] = time.perf_counter() - t0
+    T_init = T_world_from_mri_init or initial_pose(labels, views, spec)
+    if (T_init.to_frame, T_init.from_frame) != (WORLD, MRI):
+        raise InputError(f"expected an initial T_world_from_mri, got {T_init.name}")
+    t1 = time.perf_counter()
+    share = 0.8 if options.check_view_agreement and len(views) > 1 else 0.95
+    result = register_views(mu, [v.geometry for v in views], [v.line_integral for v in views], T_init,
+                            options.pose, progress=scaled(progress, 0.02, share), cancel=cancel)
+    timings["pose"] = time.perf_counter() - t1
+    T = result.T_world_from_mri
+    figures: dict[str, float] = {"starts_tried": float(result.starts_tried)}
+    reasons: list[str] = []
+    verdict = "PASS"
+    names = [v.geometry.name for v in views]
+    for name, sim, sim0 in zip(names, result.similarity_per_view, result.similarity_initial_per_view, strict=True):
+        figures[f"similarity_{name}"] = sim
+        figures[f"similarity_initial_{name}"] = sim0
+        if sim < options.fail_similarity:
+            verdict = "FAIL"
+            reasons.append(f"view {name}: final similarity {sim:.2f} < {options.fail_similarity} (poor optimum: "
+                           "the femur does not match this view)")
+        elif sim < options.warn_similarity and verdict != "FAIL":
+            verdict = "WARN"
+            reasons.append(f"view {name}: final similarity {sim:.2f} < {options.warn_similarity}")
+    if len(views) < 2:
+        verdict = "FAIL" if verdict == "FAIL" else "WARN"
+        reasons.append("single view: depth along the beam is poorly determined; take a second view")
+    lesion = lesion_centre_mri(labels, spec)
+    if options.check_view_agreement and len(views) > 1:
+        t2 = time.perf_counter()
+        moves = view_disagreement_mm(mu, views, T, lesion, options.pose,
+                                     progress=scaled(progress, share, 0.98), cancel=cancel)
+        timings["agreement"] = time.perf_counter() - t2
+        for name, move in zip(names, moves, strict=True):
+            figures[f"disagreement_mm_{name}"] = move
+            if move > options.max_view_disagreement_mm:
+                verdict = "FAIL"
+                reasons.append(f"view {name} alone moves the lesion {move:.1f} mm across its beam "
+                               f"(> {options.max_view_disagreement_mm} mm): the views disagree")
+    points = [lesion] if targets_mri is None else [lesion, *np.atleast_2d(targets_mri)]
+    for view in views:
+        uv = view.geometry.project(T.apply(np.asarray(points)))
+        w, h = view.geometry.size_px
+        outside = ~((uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1))
+        if outside.any():
+            verdict = "FAIL"
+            reasons.append(f"view {view.geometry.name}: {int(outside.sum())} target(s) project outside the detector")
+    timings["total"] = time.perf_counter() - t0
+    progress("done", 1.0, f"verdict {verdict}")
+    return FluoroResult(T, FluoroQA(verdict, reasons, figures), timings,
+                        dict(zip(names, result.similarity_per_view, strict=True)))
+
+
+def view_disagreement_mm(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,
+                         point_mri: np.ndarray, pose_options: PoseOptions, *,
+                         progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> list[float]:
+    """For each view alone, refine the pose from the joint optimum (finest scale, one start) and report how
+    far ``point_mri`` moves across that view's beam (mm). Agreeing views give ~0."""
+    moves = []
+    single = PoseOptions(strides=pose_options.strides[-1:], iterations=(max(20, pose_options.iterations[-1] // 2),),
+                         start_iterations=0, n_samples=pose_options.n_samples, n_starts=1, n_refine=1,
+                         lr_rotation_rad=pose_options.lr_rotation_rad / 2,
+                         lr_translation_mm=pose_options.lr_translation_mm / 2, device=pose_options.device)
+    p0 = T_world_from_mri.apply(point_mri)
+    for k, view in enumerate(views):
+        res = register_views(mu, [view.geometry], [view.line_integral], T_world_from_mri, single,
+                             progress=scaled(progress, k / len(views), (k + 1) / len(views)), cancel=cancel)
+        d = res.T_world_from_mri.apply(point_mri) - p0
+        beam = view.geometry.T_world_from_carm.rotation[:, 2]
+        moves.append(float(np.linalg.norm(d - (d @ beam) * beam)))
+    return moves
+
+
+def similarity_at(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,
+                  n_samples: int = 128, device: str = "auto") -> list[float]:
+    """Gradient correlation of each view with the DRR at a given pose (full resolution)."""
+    dev = choose_device(device)
+    vol = AttenuationVolume.from_image(mu, device=dev)
+    T = torch.as_tensor(T_world_from_mri.matrix, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        drrs = render(vol, [v.geometry for v in views], pose_from_params(torch.zeros(6, device=dev), T,
+                      torch.zeros(3, device=dev)), n_samples=n_samples)
+        return [float(gradient_correlation(d, torch.as_tensor(v.line_integral, device=dev),
+                                           torch.ones_like(d))) for d, v in zip(drrs, views, strict=True)]
