@@ -1,0 +1,88 @@
+"""A thin client of navsvc.v1 for the CLI, the demo and tests.
+
+``NavClient(address, token)`` holds a channel whose every call carries the bearer token;
+``stub`` is the generated stub. Helpers cover what needs more than one message: chunked
+uploads with the SHA-256 declared up front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from navsvc.server.pb import navsvc_pb2 as pb
+from navsvc.server.pb import navsvc_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 1024 * 1024
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def upload_messages(case_id: str, path: Path, chunk_bytes: int = CHUNK_BYTES,
+                    sha256_hex: str | None = None, size_bytes: int | None = None) -> Iterator[pb.UploadChunk]:
+    """The header then the content of ``path`` in chunks (``sha256_hex``/``size_bytes``
+    override the declared values, for tests of the server's checks)."""
+    size = path.stat().st_size if size_bytes is None else size_bytes
+    yield pb.UploadChunk(header=pb.UploadHeader(case_id=case_id, filename=path.name, size_bytes=size,
+                                                sha256_hex=sha256_hex or file_sha256(path)))
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_bytes), b""):
+            yield pb.UploadChunk(data=block)
+
+
+class NavClient:
+    """A channel to a navsvc service with a bearer token on every call."""
+
+    def __init__(self, address: str, token: str, *, root_cert: bytes | None = None,
+                 client_key: bytes | None = None, client_cert: bytes | None = None,
+                 server_name: str | None = None, max_message_bytes: int = 4 * CHUNK_BYTES) -> None:
+        opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                       ("grpc.max_send_message_length", max_message_bytes)]
+        if server_name:
+            opts.append(("grpc.ssl_target_name_override", server_name))
+        if root_cert is not None:
+            creds = grpc.ssl_channel_credentials(root_cert, client_key, client_cert)
+            self.channel = grpc.secure_channel(address, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(address, options=opts)
+        self.token = token
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.stub = pb_grpc.NavigationStub(self.channel)
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+    def call(self, method: str, request: Any, timeout_s: float | None = 60.0) -> Any:
+        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout_s)
+
+    def stream(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
+        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout_s)
+
+    def upload(self, case_id: str, path: str | os.PathLike[str], **kw: Any) -> pb.StoredFile:
+        return self.stub.Upload(upload_messages(case_id, Path(path), **kw), metadata=self.metadata, timeout=600)
+
+    def file_ref(self, case_id: str, path: str | os.PathLike[str], server_side: bool) -> pb.FileRef:
+        """A reference to a file: its server-side path, or an upload of the local file."""
+        if server_side:
+            return pb.FileRef(server_path=str(path))
+        return pb.FileRef(upload_id=self.upload(case_id, path).upload_id)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> NavClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,144 @@
+"""Adapters from the service to the pure parts (planning, registration, calibration).
+
+The service calls the parts only through these functions, so their imports are lazy (a
+missing part is a clear :class:`NotBuiltYet`) and the service layer stays a translation.
+Each function reads files the store already holds and returns plain data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from navsvc.errors import InputError, NotBuiltYet, TransformError
+from navsvc.imaging import read_image, read_label_map
+from navsvc.progress import CancelToken, ProgressFn
+from navsvc.server.targets import targets_ct_from_trajectories
+from navsvc.transforms import RigidTransform
+
+log = logging.getLogger(__name__)
+
+
+def _missing(part: str, exc: ImportError) -> NotBuiltYet:
+    return NotBuiltYet(f"the {part} part is not installed in this build ({exc}); see DESIGN.md")
+
+
+def read_plan(plan_path: Path, mri_path: Path, labels_path: Path) -> list[dict[str, Any]]:
+    """Validate a plan file with its MRI and segmentation and return its trajectories as
+    dicts (name, entry_lps, target_lps in the MRI frame in LPS mm, diameter_mm, depth_mm).
+
+    Raises InvalidImageError / InvalidLabelsError (volumes) or PlanError (plan)."""
+    read_image(mri_path, "MRI")
+    read_label_map(labels_path, name="segmentation")
+    try:
+        from planning import load_plan
+    except ImportError as exc:
+        raise _missing("planning", exc) from exc
+    plan = load_plan(plan_path, verify_hashes=False)
+    return [
+        {"name": t.name, "entry_lps": [float(v) for v in t.entry_lps],
+         "target_lps": [float(v) for v in t.target_lps],
+         "diameter_mm": float(t.diameter_mm), "depth_mm": float(t.depth_mm)}
+        for t in plan.trajectories
+    ]
+
+
+@dataclass(frozen=True)
+class RegistrationInput:
+    mri_path: Path
+    labels_path: Path
+    ct_path: Path
+    options: dict[str, Any]
+    trajectories: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RegistrationOutput:
+    """``T_ct_from_mri`` is the 4x4 matrix when the result is rigid, else None."""
+
+    qa: dict[str, Any]  # verdict, reasons, figures, picture (file name in the result folder)
+    T_ct_from_mri: list[list[float]] | None
+    targets_ct: list[dict[str, Any]]
+    timings_s: dict[str, float]
+
+
+def check_ct(ct_path: Path) -> None:
+    """Refuse an unreadable or geometrically invalid CT before queueing a registration."""
+    read_image(ct_path, "CT")
+
+
+def parse_options(options: dict[str, str]) -> dict[str, Any]:
+    """Registration option overrides arrive as name -> JSON text."""
+    out: dict[str, Any] = {}
+    for key, text in options.items():
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"option {key!r}: expected a JSON value, got {text!r}") from exc
+    return out
+
+
+def run_registration(inp: RegistrationInput, out_dir: Path, progress: ProgressFn,
+                     cancel: CancelToken) -> RegistrationOutput:
+    """Register the plan's MRI to the CT and write the result files into ``out_dir``."""
+    try:
+        from navsvc.registration import RegistrationOptions, register_mri_to_ct, write_result
+    except ImportError as exc:
+        raise _missing("registration", exc) from exc
+    try:
+        options = RegistrationOptions(**inp.options)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"registration options {sorted(inp.options)}: {exc}") from exc
+    mri = read_image(inp.mri_path, "MRI")
+    labels = read_label_map(inp.labels_path, name="segmentation")
+    ct = read_image(inp.ct_path, "CT")
+    points_mri = _trajectory_points(inp.trajectories)
+    result = register_mri_to_ct(mri, labels, ct, options, targets_mri=points_mri,
+                                progress=progress, cancel=cancel)
+    write_result(result, out_dir, mri=mri, labels=labels, ct=ct, points_mri=points_mri)
+    T = result.T_ct_from_mri
+    if T.to_frame != "ct" or T.from_frame != "mri":
+        raise TransformError(f"expected T_ct_from_mri, got {T.name}")
+    qa = {
+        "verdict": str(result.qa.verdict),
+        "reasons": [str(r) for r in result.qa.reasons],
+        "figures": {k: float(v) for k, v in dict(result.qa.figures).items() if _is_number(v)},
+        "picture": "overlay.png" if (out_dir / "overlay.png").is_file() else "",
+    }
+    return RegistrationOutput(
+        qa=qa,
+        T_ct_from_mri=T.matrix.tolist() if isinstance(T, RigidTransform) else None,
+        targets_ct=targets_ct_from_trajectories(inp.trajectories, T),
+        timings_s={k: float(v) for k, v in dict(result.timings_s).items()},
+    )
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _trajectory_points(trajectories: Sequence[dict[str, Any]]) -> dict[str, list[float]] | None:
+    pts = {}
+    for t in trajectories:
+        pts[f"{t['name']}_entry"] = list(t["entry_lps"])
+        pts[f"{t['name']}_target"] = list(t["target_lps"])
+    return pts or None
+
+
+def calibrate(points_ct: np.ndarray, points_device: np.ndarray) -> tuple[list[list[float]], float]:
+    """T_device_from_ct (4x4) and the RMS fiducial registration error in mm from paired points."""
+    try:
+        from navsvc.calibration import calibrate_from_fiducials
+    except ImportError as exc:
+        raise _missing("calibration", exc) from exc
+    cal = calibrate_from_fiducials(points_ct, points_device)
+    return np.asarray(cal.T_device_from_ct.matrix).tolist(), float(cal.fre_mm_rms)
