@@ -118,3 +118,42 @@ def client(port: int, role: str) -> NavClient:
     c = NavClient(f"127.0.0.1:{port}", TOKENS[role])
     c.wait_ready(10)
     return c
+
+
+def seed_registration(tmp_path: Path, paths: dict[str, Path], verdict: str = "PASS") -> tuple[str, str]:
+    """Create a case, load the plan and finish a registration (scripted runner) directly on the
+    store in ``tmp_path/data``, as a running service would. Returns (case_id, registration_id)."""
+    from navsvc.server.auth import Identity
+    from navsvc.server.core import NavService
+    from navsvc.store import Store
+
+    cfg = service_config(tmp_path)
+    store = Store(cfg.store.data_dir)
+    svc = NavService(cfg, store, runner=ScriptedRunner(verdict), plan_reader=json_plan_reader)
+    tech = Identity("seed technician", "technician")
+    try:
+        case_id = svc.create_case(tech, "seeded")["case_id"]
+        svc.load_plan(tech, case_id, ("server_path", str(paths["plan"])), ("server_path", str(paths["mri"])),
+                      ("server_path", str(paths["labels"])))
+        reg_id = svc.start_registration(tech, case_id, ("server_path", str(paths["ct"])), {})["registration_id"]
+        events = list(svc.watch(reg_id, lambda: True))
+        assert events[-1]["state"] == "succeeded", events[-1]
+    finally:
+        svc.stop()
+        store.close()
+    return case_id, reg_id
+
+
+def write_toml_config(tmp_path: Path, igtl: bool) -> Path:
+    """A config file for a `navsvc serve` subprocess (ports 0, tokens of TOKENS)."""
+    lines = [
+        "[server]", 'host = "127.0.0.1"', "port = 0", "grace_s = 1.0",
+        "[igtl]", f"enabled = {'true' if igtl else 'false'}", "port = 0", "refresh_hz = 20.0",
+        "[store]", f'data_dir = "{tmp_path / "data"}"',
+        "[paths]", f'roots = ["{tmp_path / "inputs"}"]',
+    ]
+    for role, token in TOKENS.items():
+        lines += ["[[auth.tokens]]", f'token = "{token}"', f'role = "{role}"', f'name = "{role} user"']
+    path = tmp_path / "navsvc.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
