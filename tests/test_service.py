@@ -307,3 +307,82 @@ def test_calibration_matrix_and_device_coordinates(svc) -> None:
         grpc.StatusCode.INVALID_ARGUMENT
     assert _code(tech.call, "SetCalibration", pb.SetCalibrationRequest(
         case_id=case_id, T_device_from_ct=pb.Matrix4x4(values=[1.0] * 5))) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _igtl_string(c, predicate, timeout_s: float = 10.0) -> tuple[dict, list]:
+    import json
+
+    msg, seen = c.receive_until(lambda x: x.message_type == "STRING" and predicate(json.loads(x.string)),
+                                timeout_s)
+    return json.loads(msg.string), seen
+
+
+def test_openigtlink_follows_the_interlock(tmp_path: Path) -> None:
+    from navsvc.streaming import IgtlClient
+
+    app, port = start_service(tmp_path, igtl={"enabled": True, "port": 0, "refresh_hz": 20.0})
+    try:
+        assert app.igtl_port > 0
+        paths = write_volumes(tmp_path / "inputs")
+        tech, surgeon = client(port, "technician"), client(port, "surgeon")
+        with IgtlClient("127.0.0.1", app.igtl_port) as robot, IgtlClient("127.0.0.1", app.igtl_port) as nav:
+            for sub in (robot, nav):
+                status, seen = _igtl_string(sub, lambda s: True)
+                assert status["state"] == "no_target"
+                assert not any(x.message_type in ("TRANSFORM", "TRAJ") for x in seen)
+            case_id = _case_with_plan(tech, paths)
+            reg = _register(tech, case_id, paths)
+            status, _ = _igtl_string(robot, lambda s: True)  # a refresh: still nothing before approval
+            assert status["state"] == "no_target"
+            surgeon.call("ApproveRegistration", pb.ApproveRegistrationRequest(registration_id=reg.registration_id))
+            for sub in (robot, nav):
+                status, seen = _igtl_string(sub, lambda s: s["state"] == "approved")
+                assert status["registration_id"] == reg.registration_id and status["qa_verdict"] == "PASS"
+                traj = next(x for x in seen if x.message_type == "TRAJ")
+                by_name = {e.name: e for e in traj.elements}
+                expected = T_CT_FROM_MRI.apply(np.array(TRAJECTORIES[0]["target_lps"]))
+                np.testing.assert_allclose(by_name["Drill1"].target, expected, atol=1e-3)
+                assert {x.device_name for x in seen if x.message_type == "TRANSFORM"} == \
+                    {"Drill1ToReference", "Drill2ToReference"}
+            surgeon.call("RejectRegistration", pb.RejectRegistrationRequest(
+                registration_id=reg.registration_id, reason="wrong side"))
+            status, _ = _igtl_string(robot, lambda s: s["state"] == "no_target")
+            assert "wrong side" in status["reason"]
+            # no TRANSFORM follows the withdrawal
+            _, seen = _igtl_string(robot, lambda s: True)
+            _, more = _igtl_string(robot, lambda s: True)
+            assert not any(x.message_type in ("TRANSFORM", "TRAJ") for x in seen + more)
+    finally:
+        app.stop(0)
+
+
+def test_calibration_from_fiducials_reports_fre(svc) -> None:
+    _, port, paths, _ = svc
+    tech = client(port, "technician")
+    case_id = tech.call("CreateCase", pb.CreateCaseRequest(label="cal")).case_id
+    from navsvc.transforms import RigidTransform
+
+    T = RigidTransform.from_euler_deg((5.0, -10.0, 30.0), (50.0, 20.0, -100.0), "device", "ct")
+    ct = np.array([[0, 0, 0], [100, 0, 0], [0, 80, 0], [0, 0, 60], [40, 40, 40]], float)
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.2, ct.shape)
+    dev = T.apply(ct) + noise
+    pairs = [pb.FiducialPair(name=f"F{i}", ct_lps=pb.Point3(x=a[0], y=a[1], z=a[2]),
+                             device=pb.Point3(x=b[0], y=b[1], z=b[2])) for i, (a, b) in enumerate(zip(ct, dev, strict=True))]
+    cal = tech.call("SetCalibration", pb.SetCalibrationRequest(case_id=case_id,
+                                                               fiducials=pb.FiducialList(pairs=pairs)))
+    assert cal.fiducial_count == 5
+    # the reported FRE is the RMS residual of the returned transform on these fiducials
+    M = np.reshape(cal.T_device_from_ct.values, (4, 4))
+    residual = np.linalg.norm(ct @ M[:3, :3].T + M[:3, 3] - dev, axis=1)
+    assert cal.fre_mm_rms == pytest.approx(float(np.sqrt(np.mean(residual**2))), abs=1e-9)
+    assert 0.1 < cal.fre_mm_rms < 0.6  # 0.2 mm noise per axis
+    np.testing.assert_allclose(M[:3, :3], T.rotation, atol=0.01)  # noise-limited fit
+    np.testing.assert_allclose(M[:3, 3], T.translation_mm, atol=0.5)
+    assert _code(tech.call, "SetCalibration", pb.SetCalibrationRequest(
+        case_id=case_id, fiducials=pb.FiducialList(pairs=pairs[:2]))) == grpc.StatusCode.INVALID_ARGUMENT
+    far = list(pairs)
+    far[0] = pb.FiducialPair(name="F0", ct_lps=pairs[0].ct_lps, device=pb.Point3(x=999, y=0, z=0))
+    with pytest.raises(grpc.RpcError) as info:
+        tech.call("SetCalibration", pb.SetCalibrationRequest(case_id=case_id, fiducials=pb.FiducialList(pairs=far)))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "F0" in info.value.details()

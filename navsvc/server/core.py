@@ -384,7 +384,7 @@ class NavService:
             if len(set(names)) != len(names):
                 raise InputError(f"calibration: fiducial names must be unique, got {names}")
             T, fre = parts.calibrate(np.array([f[1] for f in fiducials], float),
-                                     np.array([f[2] for f in fiducials], float))
+                                     np.array([f[2] for f in fiducials], float), names)
             n = len(fiducials)
         else:
             raise InputError("calibration: expected a 4x4 matrix or fiducial pairs, got neither")

@@ -134,11 +134,14 @@ def _trajectory_points(trajectories: Sequence[dict[str, Any]]) -> dict[str, list
     return pts or None
 
 
-def calibrate(points_ct: np.ndarray, points_device: np.ndarray) -> tuple[list[list[float]], float]:
-    """T_device_from_ct (4x4) and the RMS fiducial registration error in mm from paired points."""
+def calibrate(points_ct: np.ndarray, points_device: np.ndarray,
+              names: Sequence[str]) -> tuple[list[list[float]], float]:
+    """T_device_from_ct (4x4) and the RMS fiducial registration error in mm from paired points
+    (CT LPS mm and device mm, same order); refuses degenerate sets and a per-fiducial error
+    over 1 mm (naming the worst fiducial)."""
     try:
         from navsvc.calibration import calibrate_from_fiducials
     except ImportError as exc:
         raise _missing("calibration", exc) from exc
-    cal = calibrate_from_fiducials(points_ct, points_device)
+    cal = calibrate_from_fiducials(points_ct, points_device, labels=list(names))
     return np.asarray(cal.T_device_from_ct.matrix).tolist(), float(cal.fre_mm_rms)
