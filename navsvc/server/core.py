@@ -242,7 +242,8 @@ class NavService:
 
     def _work(self, reg_id: str, case_id: str, inp: parts.RegistrationInput, run: RunLog) -> None:
         log.info("registration %s: started (case %s)", reg_id, case_id)
-        tmp = None
+        tmp = self.store.temp_result_dir(case_id, reg_id)
+        outcome: tuple[str, str] | None = None  # (state, error) unless succeeded
         try:
             run.cancel.check()
             self.store.set_registration_state(reg_id, "running")
@@ -252,26 +253,27 @@ class NavService:
                 run.emit({"registration_id": reg_id, "state": "running", "stage": stage,
                           "fraction": float(fraction), "message": message})
 
-            tmp = self.store.temp_result_dir(case_id, reg_id)
             out = self.runner(inp, tmp, progress, run.cancel)
             reg = self.store.finish_registration(reg_id, tmp, out.qa, out.T_ct_from_mri, out.targets_ct,
                                                  out.timings_s)
-            tmp = None
-            log.info("registration %s: succeeded, QA %s", reg_id, out.qa.get("verdict"))
-            self.store.audit(SYSTEM.name, SYSTEM.role, "registration.succeeded", case_id, reg_id,
-                             verdict=out.qa.get("verdict"), reasons=out.qa.get("reasons"))
-            run.emit(_event(reg, "done", 1.0, f"QA {out.qa.get('verdict')}"), final=True)
         except Cancelled as exc:
-            state = "interrupted" if self._stopping.is_set() else "cancelled"
-            self._end(reg_id, case_id, run, state, str(exc))
+            outcome = ("interrupted" if self._stopping.is_set() else "cancelled", str(exc))
         except NavError as exc:
-            self._end(reg_id, case_id, run, "failed", str(exc))
+            outcome = ("failed", str(exc))
         except Exception as exc:  # the worker must always leave a final state
             log.exception("registration %s: internal error", reg_id)
-            self._end(reg_id, case_id, run, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            outcome = ("failed", f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            if outcome is not None:
+                shutil.rmtree(tmp, ignore_errors=True)  # before the final event: nothing partial left
+                self._end(reg_id, case_id, run, *outcome)
+            else:
+                verdict = out.qa.get("verdict")
+                log.info("registration %s: succeeded, QA %s", reg_id, verdict)
+                self.store.audit(SYSTEM.name, SYSTEM.role, "registration.succeeded", case_id, reg_id,
+                                 verdict=verdict, reasons=out.qa.get("reasons"))
+                run.emit(_event(reg, "done", 1.0, f"QA {verdict}"), final=True)
         finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
             with self._runs_lock:
                 self._runs.pop(reg_id, None)
 
