@@ -20,7 +20,7 @@ from navsvc.errors import NavError, exit_code_for
 
 #: (group title, [command module names]) -- grouped by who uses them.
 COMMAND_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("operating room (technician, surgeon)", ("demo", "case", "plan", "register")),
+    ("operating room (technician, surgeon)", ("demo", "case", "plan", "register", "inspect")),
     ("service and devices", ("serve", "listen", "stream")),
     ("validation (engineer)", ("phantom", "validate", "bench", "train")),
 )

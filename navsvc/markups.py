@@ -66,7 +66,10 @@ def line(name: str, start_lps: Iterable[float], end_lps: Iterable[float],
 
 
 def _vec(values: Iterable[float], where: str) -> tuple[float, float, float]:
-    arr = np.asarray(list(values), dtype=np.float64)
+    try:
+        arr = np.asarray(list(values), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MarkupsError(f"{where}: expected a position of 3 numbers, got {values!r}") from exc
     if arr.shape != (3,) or not np.all(np.isfinite(arr)):
         raise MarkupsError(f"{where}: expected a finite 3-D position, got {arr.tolist()}")
     return (float(arr[0]), float(arr[1]), float(arr[2]))
