@@ -86,3 +86,25 @@ class NavClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def nav_error_from_rpc(exc: grpc.RpcError) -> Exception:
+    """The NavError a CLI should raise for a failed call (so exit codes follow the status)."""
+    from navsvc import errors
+
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    by_code = {
+        grpc.StatusCode.INVALID_ARGUMENT: errors.InputError,
+        grpc.StatusCode.NOT_FOUND: errors.NotFound,
+        grpc.StatusCode.FAILED_PRECONDITION: errors.PreconditionFailed,
+        grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+        grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+        grpc.StatusCode.CANCELLED: errors.Cancelled,
+        grpc.StatusCode.UNIMPLEMENTED: errors.NotBuiltYet,
+    }
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return errors.StreamingError(f"the service is not reachable: {details}; is `navsvc serve` running?")
+    cls = by_code.get(code, errors.NavError)
+    return cls(f"{details} [{code.name if code else 'error'}]")

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from navsvc.errors import InputError, NotBuiltYet, TransformError
-from navsvc.imaging import read_image, read_label_map
+from navsvc.errors import InputError, NotBuiltYet, PlanError, TransformError
+from navsvc.imaging import LabelSpec, read_image, read_label_map
 from navsvc.progress import CancelToken, ProgressFn
 from navsvc.server.targets import targets_ct_from_trajectories
+from navsvc.store import sha256_file
 from navsvc.transforms import RigidTransform
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,25 @@ def read_plan(plan_path: Path, mri_path: Path, labels_path: Path) -> list[dict[s
     """Validate a plan file with its MRI and segmentation and return its trajectories as
     dicts (name, entry_lps, target_lps in the MRI frame in LPS mm, diameter_mm, depth_mm).
 
-    Raises InvalidImageError / InvalidLabelsError (volumes) or PlanError (plan)."""
-    read_image(mri_path, "MRI")
-    read_label_map(labels_path, name="segmentation")
+    The images must be the ones the plan was made on (their SHA-256 against the plan's
+    records) and every trajectory must pass the planning safety checks. Raises
+    InvalidImageError / InvalidLabelsError (volumes) or PlanError (plan, hashes, safety)."""
     try:
-        from planning import load_plan
+        from planning import check_plan, load_plan
     except ImportError as exc:
         raise _missing("planning", exc) from exc
-    plan = load_plan(plan_path, verify_hashes=False)
+    plan = load_plan(plan_path, verify_hashes=False)  # images are checked by content below
+    for role, path in (("mri", mri_path), ("segmentation", labels_path)):
+        ref = plan.image(role)
+        if ref is not None and ref.sha256 != sha256_file(path):
+            raise PlanError(
+                f"plan {plan.case_id}: the {role} given ({path.name}) is not the image the plan was made on "
+                f"(SHA-256 {ref.sha256[:12]}... expected); load the plan's own {role} or re-plan"
+            )
+    spec = LabelSpec(**plan.labels)
+    mri = read_image(mri_path, "MRI")
+    labels = read_label_map(labels_path, spec, name="segmentation")
+    check_plan(plan, mri, labels, spec)
     return [
         {"name": t.name, "entry_lps": [float(v) for v in t.entry_lps],
          "target_lps": [float(v) for v in t.target_lps],
