@@ -73,6 +73,14 @@ class ScriptedRunner:
         self.started = threading.Event()
         self.calls = 0
 
+    @staticmethod
+    def check_options(options: dict[str, Any]) -> None:
+        from navsvc.errors import InputError
+
+        unknown = set(options) - {"test_verdict"}
+        if unknown or options.get("test_verdict", "PASS") not in ("PASS", "WARN", "FAIL"):
+            raise InputError(f"scripted runner: unknown options {sorted(options)}")
+
     def __call__(self, inp: parts.RegistrationInput, out_dir: Path, progress: Any,
                  cancel: Any) -> parts.RegistrationOutput:
         self.calls += 1
@@ -110,8 +118,9 @@ def service_config(tmp_path: Path, **over: Any) -> Any:
 
 
 def start_service(tmp_path: Path, runner: Any = None, **over: Any) -> tuple[App, int]:
-    return create_server(service_config(tmp_path, **over), runner=runner or ScriptedRunner(),
-                         plan_reader=json_plan_reader)
+    runner = runner or ScriptedRunner()
+    return create_server(service_config(tmp_path, **over), runner=runner, plan_reader=json_plan_reader,
+                         options_checker=runner.check_options)
 
 
 def client(port: int, role: str) -> NavClient:
@@ -129,7 +138,8 @@ def seed_registration(tmp_path: Path, paths: dict[str, Path], verdict: str = "PA
 
     cfg = service_config(tmp_path)
     store = Store(cfg.store.data_dir)
-    svc = NavService(cfg, store, runner=ScriptedRunner(verdict), plan_reader=json_plan_reader)
+    runner = ScriptedRunner(verdict)
+    svc = NavService(cfg, store, runner=runner, plan_reader=json_plan_reader, options_checker=runner.check_options)
     tech = Identity("seed technician", "technician")
     try:
         case_id = svc.create_case(tech, "seeded")["case_id"]

@@ -230,6 +230,9 @@ def test_bad_inputs_get_the_right_status(svc, tmp_path: Path) -> None:
     assert _code(tech.call, "StartRegistration", pb.StartRegistrationRequest(
         case_id=case_id, ct=pb.FileRef(server_path=str(paths["ct"])),
         options={"x": "not json"})) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(tech.call, "StartRegistration", pb.StartRegistrationRequest(
+        case_id=case_id, ct=pb.FileRef(server_path=str(paths["ct"])),
+        options={"no_such_option": "1"})) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_concurrent_clients_while_registration_runs_and_cancel(tmp_path: Path) -> None:

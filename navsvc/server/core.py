@@ -70,12 +70,14 @@ class RunLog:
 
 class NavService:
     def __init__(self, config: Config, store: Store, hub: TargetHub | None = None, *,
-                 runner: Runner = parts.run_registration, plan_reader: PlanReader = parts.read_plan) -> None:
+                 runner: Runner = parts.run_registration, plan_reader: PlanReader = parts.read_plan,
+                 options_checker: Callable[[dict[str, Any]], None] = parts.check_options) -> None:
         self.config = config
         self.store = store
         self.hub = hub or TargetHub()
         self.runner = runner
         self.plan_reader = plan_reader
+        self.options_checker = options_checker
         self._lock = threading.RLock()
         self._runs: dict[str, RunLog] = {}
         self._runs_lock = threading.Lock()
@@ -218,6 +220,7 @@ class NavService:
         if plan is None:
             raise PreconditionFailed(f"case {case_id} has no plan: load one first (navsvc case load-plan)")
         opts = {**self.config.registration.options, **parts.parse_options(options)}
+        self.options_checker(opts)
         ct_f = self.resolve_file(case_id, ct, "CT", "ct")
         parts.check_ct(ct_f.path)
         with self._lock:

@@ -96,24 +96,38 @@ def parse_options(options: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse unknown or invalid registration options before a registration is queued."""
+    _registration_options(options)
+
+
+def _registration_options(options: dict[str, Any]) -> Any:
+    try:
+        from navsvc.registration import RegistrationOptions
+    except ImportError as exc:
+        raise _missing("registration", exc) from exc
+    try:
+        return RegistrationOptions(**options)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"registration options {sorted(options)}: {exc}") from exc
+
+
 def run_registration(inp: RegistrationInput, out_dir: Path, progress: ProgressFn,
                      cancel: CancelToken) -> RegistrationOutput:
     """Register the plan's MRI to the CT and write the result files into ``out_dir``."""
     try:
-        from navsvc.registration import RegistrationOptions, register_mri_to_ct, write_result
+        from navsvc.registration import register_mri_to_ct, write_result
     except ImportError as exc:
         raise _missing("registration", exc) from exc
-    try:
-        options = RegistrationOptions(**inp.options)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"registration options {sorted(inp.options)}: {exc}") from exc
+    options = _registration_options(inp.options)
     mri = read_image(inp.mri_path, "MRI")
-    labels = read_label_map(inp.labels_path, name="segmentation")
+    labels = read_label_map(inp.labels_path, options.labels, name="segmentation")
     ct = read_image(inp.ct_path, "CT")
     points_mri = _trajectory_points(inp.trajectories)
-    result = register_mri_to_ct(mri, labels, ct, options, targets_mri=points_mri,
+    targets_mri = np.array(list(points_mri.values()), dtype=float) if points_mri else None
+    result = register_mri_to_ct(mri, labels, ct, options, targets_mri=targets_mri,
                                 progress=progress, cancel=cancel)
-    write_result(result, out_dir, mri=mri, labels=labels, ct=ct, points_mri=points_mri)
+    write_result(result, out_dir, mri=mri, labels=labels, ct=ct, points_mri=points_mri, spec=options.labels)
     T = result.T_ct_from_mri
     if T.to_frame != "ct" or T.from_frame != "mri":
         raise TransformError(f"expected T_ct_from_mri, got {T.name}")
@@ -138,11 +152,12 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def _trajectory_points(trajectories: Sequence[dict[str, Any]]) -> dict[str, list[float]] | None:
+def _trajectory_points(trajectories: Sequence[dict[str, Any]]) -> dict[str, np.ndarray] | None:
+    """Entry and target of each trajectory by name (MRI frame, LPS mm)."""
     pts = {}
     for t in trajectories:
-        pts[f"{t['name']}_entry"] = list(t["entry_lps"])
-        pts[f"{t['name']}_target"] = list(t["target_lps"])
+        pts[f"{t['name']}_entry"] = np.asarray(t["entry_lps"], dtype=float)
+        pts[f"{t['name']}_target"] = np.asarray(t["target_lps"], dtype=float)
     return pts or None
 
 
