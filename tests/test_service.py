@@ -341,8 +341,8 @@ def test_openigtlink_follows_the_interlock(tmp_path: Path) -> None:
             for sub in (robot, nav):
                 status, seen = _igtl_string(sub, lambda s: s["state"] == "approved")
                 assert status["registration_id"] == reg.registration_id and status["qa_verdict"] == "PASS"
-                traj = next(x for x in seen if x.message_type == "TRAJ")
-                by_name = {e.name: e for e in traj.elements}
+                by_name = {e.name: e for x in seen if x.message_type == "TRAJ" for e in x.elements}
+                assert set(by_name) == {"Drill1", "Drill2"}
                 expected = T_CT_FROM_MRI.apply(np.array(TRAJECTORIES[0]["target_lps"]))
                 np.testing.assert_allclose(by_name["Drill1"].target, expected, atol=1e-3)
                 assert {x.device_name for x in seen if x.message_type == "TRANSFORM"} == \
