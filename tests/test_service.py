@@ -389,3 +389,30 @@ def test_calibration_from_fiducials_reports_fre(svc) -> None:
     with pytest.raises(grpc.RpcError) as info:
         tech.call("SetCalibration", pb.SetCalibrationRequest(case_id=case_id, fiducials=pb.FiducialList(pairs=far)))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "F0" in info.value.details()
+
+
+def test_new_plan_withdraws_and_message_size_limit(tmp_path: Path) -> None:
+    app, port = start_service(tmp_path, server={"max_message_bytes": 65536})
+    try:
+        paths = write_volumes(tmp_path / "inputs")
+        tech, surgeon = client(port, "technician"), client(port, "surgeon")
+        case_id = _case_with_plan(tech, paths)
+        reg = _register(tech, case_id, paths)
+        surgeon.call("ApproveRegistration", pb.ApproveRegistrationRequest(registration_id=reg.registration_id))
+        assert tech.call("GetTargets", pb.GetTargetsRequest()).state == "approved"
+        plan = tech.call("LoadPlan", pb.LoadPlanRequest(
+            case_id=case_id, plan=pb.FileRef(server_path="plan.json"), mri=pb.FileRef(server_path="mri.nii.gz"),
+            labels=pb.FileRef(server_path="labels.nii.gz")))
+        now = tech.call("GetTargets", pb.GetTargetsRequest())
+        assert now.state == "no_target" and plan.plan_id in now.reason
+        # the registration was made for the old plan: it cannot be approved again
+        assert _code(surgeon.call, "ApproveRegistration", pb.ApproveRegistrationRequest(
+            registration_id=reg.registration_id)) == grpc.StatusCode.FAILED_PRECONDITION
+        big = tmp_path / "inputs" / "big.bin"
+        big.write_bytes(b"\1" * 100_000)
+        with pytest.raises(grpc.RpcError) as info:
+            tech.upload(case_id, big, chunk_bytes=100_000)  # one message over the 64 KiB limit
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert tech.upload(case_id, big, chunk_bytes=32_768).size_bytes == 100_000
+    finally:
+        app.stop(0)

@@ -23,6 +23,7 @@ from service_support import (
 
 from navsvc.server.pb import navsvc_pb2 as pb
 from navsvc.store import Store
+from navsvc.streaming import IgtlClient
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_sigkill_after_approval_and_during_registration(tmp_path: Path) -> None:
     store.set_registration_state(reg_b, "running")
     store.close()
 
-    config = write_toml_config(tmp_path, igtl=False)
+    config = write_toml_config(tmp_path, igtl=True)
     proc, ports = _start(config, tmp_path / "ports.json")
     try:
         surgeon = client(ports["grpc_port"], "surgeon")
@@ -89,6 +90,13 @@ def test_sigkill_after_approval_and_during_registration(tmp_path: Path) -> None:
         np.testing.assert_allclose(_targets_ct(state), expected, atol=1e-9)
         streamed = next(viewer.stream("StreamTargets", pb.StreamTargetsRequest(), timeout_s=10))
         assert streamed.state == "approved" and len(streamed.targets) == len(TRAJECTORIES)
+        # and over OpenIGTLink: the state sent at connect carries the approved targets
+        with IgtlClient("127.0.0.1", ports["igtl_port"]) as robot:
+            msg, seen = robot.receive_until(lambda x: x.message_type == "STRING", 10)
+            status = json.loads(msg.string)
+            assert status["state"] == "approved" and status["registration_id"] == reg_a
+            got = {e.name: e.target for x in seen if x.message_type == "TRAJ" for e in x.elements}
+            np.testing.assert_allclose([got[t["name"]] for t in TRAJECTORIES], expected, atol=1e-3)
         audit = [e.action for e in viewer.call("ListAudit", pb.ListAuditRequest()).entries]
         assert "registration.interrupted" in audit and "registration.approve" in audit
         # graceful stop on SIGTERM
