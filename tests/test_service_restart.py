@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_support import (
     T_CT_FROM_MRI,
@@ -123,3 +125,59 @@ def test_tampered_result_is_not_streamed_after_restart(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("navsvc.registration") is None,
+                    reason="the registration part is not merged yet")
+def test_sigkill_during_a_real_registration(tmp_path: Path) -> None:
+    from navsvc.imaging import write_image
+    from phantoms import make_case
+    from planning import plan_automatic, save_plan
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    case = make_case(1, "small")
+    for name, image in (("mri", case.mri), ("labels", case.labels), ("ct", case.ct)):
+        write_image(inputs / f"{name}.nii.gz", image)
+    save_plan(plan_automatic(case.mri, case.labels, mri_path=str(inputs / "mri.nii.gz"),
+                             seg_path=str(inputs / "labels.nii.gz")), inputs / "plan.json")
+    config = write_toml_config(tmp_path, igtl=False)
+    proc, ports = _start(config, tmp_path / "ports.json")
+    try:
+        tech = client(ports["grpc_port"], "technician")
+        case_id = tech.call("CreateCase", pb.CreateCaseRequest(label="kill me")).case_id
+        tech.call("LoadPlan", pb.LoadPlanRequest(case_id=case_id, plan=pb.FileRef(server_path="plan.json"),
+                                                 mri=pb.FileRef(server_path="mri.nii.gz"),
+                                                 labels=pb.FileRef(server_path="labels.nii.gz")))
+        reg = tech.call("StartRegistration", pb.StartRegistrationRequest(
+            case_id=case_id, ct=pb.FileRef(server_path="ct.nii.gz")))
+        for ev in tech.stream("WatchRegistration", pb.WatchRegistrationRequest(
+                registration_id=reg.registration_id), timeout_s=120):
+            if ev.state == pb.RUNNING and ev.stage not in ("queued", "start"):
+                break  # the registration itself is computing
+        tech.close()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc, ports = _start(config, tmp_path / "ports.json")
+    try:
+        tech = client(ports["grpc_port"], "technician")
+        got = tech.call("GetRegistration", pb.GetRegistrationRequest(registration_id=reg.registration_id))
+        assert got.state == pb.INTERRUPTED and "start it again" in got.error
+        assert not list((tmp_path / "data" / "cases" / case_id / "registrations").glob(".tmp-*"))
+        events = list(tech.stream("WatchRegistration", pb.WatchRegistrationRequest(
+            registration_id=reg.registration_id), timeout_s=10))
+        assert len(events) == 1 and events[0].state == pb.INTERRUPTED
+        # the case accepts a new registration at once
+        again = tech.call("StartRegistration", pb.StartRegistrationRequest(
+            case_id=case_id, ct=pb.FileRef(server_path="ct.nii.gz")))
+        tech.call("CancelRegistration", pb.CancelRegistrationRequest(registration_id=again.registration_id))
+        final = list(tech.stream("WatchRegistration", pb.WatchRegistrationRequest(
+            registration_id=again.registration_id), timeout_s=120))[-1]
+        assert final.state == pb.CANCELLED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
