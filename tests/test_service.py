@@ -416,3 +416,17 @@ def test_new_plan_withdraws_and_message_size_limit(tmp_path: Path) -> None:
         assert tech.upload(case_id, big, chunk_bytes=32_768).size_bytes == 100_000
     finally:
         app.stop(0)
+
+
+def test_health_goes_not_serving_on_shutdown(tmp_path: Path) -> None:
+    app, port = start_service(tmp_path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="navsvc.v1.Navigation"),
+                                                      timeout=20)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    stopper = threading.Thread(target=app.stop, kwargs={"grace_s": 2.0})
+    stopper.start()
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stopper.join(20)
+    assert not stopper.is_alive()
+    channel.close()
