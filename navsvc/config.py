@@ -32,7 +32,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from navsvc.errors import ConfigError
 
@@ -54,9 +54,17 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     max_message_bytes: int = Field(4 * MiB, ge=64 * 1024, le=64 * MiB)
-    max_workers: int = Field(16, ge=2, le=256)
+    max_workers: int = Field(64, ge=4, le=1024)  # RPC threads; a stream holds one while open
+    max_streams: int = Field(32, ge=1)  # open WatchRegistration + StreamTargets calls at once
     grace_s: float = Field(5.0, ge=0)
     tls: TlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _streams_leave_room(self) -> ServerConfig:
+        if self.max_streams > self.max_workers - 2:
+            raise ValueError(f"max_streams ({self.max_streams}) must leave at least 2 of max_workers "
+                             f"({self.max_workers}) for other calls")
+        return self
 
 
 class IgtlConfig(_Strict):

@@ -5,6 +5,7 @@ test_service_e2e.py when that part is installed)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -430,3 +431,31 @@ def test_health_goes_not_serving_on_shutdown(tmp_path: Path) -> None:
     stopper.join(20)
     assert not stopper.is_alive()
     channel.close()
+
+
+def test_streams_are_limited_and_never_starve_other_calls(tmp_path: Path) -> None:
+    app, port = start_service(tmp_path, server={"max_workers": 4, "max_streams": 2})
+    try:
+        viewer = client(port, "viewer")
+        streams = [viewer.stream("StreamTargets", pb.StreamTargetsRequest(), timeout_s=20) for _ in range(2)]
+        assert all(next(s).state == "no_target" for s in streams)
+        third = viewer.stream("StreamTargets", pb.StreamTargetsRequest(), timeout_s=20)
+        with pytest.raises(grpc.RpcError) as info:
+            next(third)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams" in info.value.details()
+        for _ in range(5):  # unary calls still served while both streams are open
+            assert viewer.call("ListCases", pb.ListCasesRequest(), timeout_s=5).cases == []
+        streams[0].cancel()
+        deadline = time.monotonic() + 10
+        while True:  # the freed slot becomes available once the server notices the cancellation
+            again = viewer.stream("StreamTargets", pb.StreamTargetsRequest(), timeout_s=20)
+            try:
+                assert next(again).state == "no_target"
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline
+        again.cancel()
+        streams[1].cancel()
+    finally:
+        app.stop(0)

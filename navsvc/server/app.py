@@ -75,9 +75,10 @@ class App:
         self.server = grpc.server(ThreadPoolExecutor(max_workers=config.server.max_workers,
                                                      thread_name_prefix="grpc"),
                                   interceptors=[AuthInterceptor(self.auth)], options=opts,
-                                  maximum_concurrent_rpcs=config.server.max_workers * 4)
+                                  maximum_concurrent_rpcs=config.server.max_workers * 2)
         navsvc_pb2_grpc.add_NavigationServicer_to_server(
-            NavigationServicer(self.service, self.auth, config.igtl.refresh_hz), self.server)
+            NavigationServicer(self.service, self.auth, config.igtl.refresh_hz, config.server.max_streams),
+            self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)

@@ -4,12 +4,14 @@ status codes by :class:`navsvc.server.auth.AuthInterceptor`."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
-from navsvc.errors import InputError
+from navsvc.errors import InputError, ResourceExhausted
 from navsvc.server.auth import Authenticator
 from navsvc.server.core import FileRef, NavService
 from navsvc.server.pb import navsvc_pb2 as pb
@@ -95,10 +97,24 @@ def target_state_pb(s: TargetSnapshot) -> pb.TargetState:
 
 
 class NavigationServicer(pb_grpc.NavigationServicer):
-    def __init__(self, service: NavService, auth: Authenticator, refresh_hz: float) -> None:
+    def __init__(self, service: NavService, auth: Authenticator, refresh_hz: float, max_streams: int) -> None:
         self.svc = service
         self.auth = auth
         self.refresh_s = 1.0 / refresh_hz
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
+
+    @contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        """Each open stream holds an RPC thread; refuse beyond ``max_streams`` so that
+        streams can never starve the other calls."""
+        if not self._streams.acquire(blocking=False):
+            raise ResourceExhausted(f"too many open streams (limit {self.max_streams}); close one or raise "
+                                    "[server] max_streams")
+        try:
+            yield
+        finally:
+            self._streams.release()
 
     def _who(self, context: grpc.ServicerContext) -> Any:
         return self.auth.identify(context.invocation_metadata())
@@ -150,8 +166,9 @@ class NavigationServicer(pb_grpc.NavigationServicer):
 
     def WatchRegistration(self, request: pb.WatchRegistrationRequest,
                           context: grpc.ServicerContext) -> Iterator[pb.RegistrationEvent]:
-        for ev in self.svc.watch(request.registration_id, context.is_active):
-            yield event_pb(ev)
+        with self._stream_slot():
+            for ev in self.svc.watch(request.registration_id, context.is_active):
+                yield event_pb(ev)
 
     def GetRegistration(self, request: pb.GetRegistrationRequest, context: grpc.ServicerContext) -> pb.Registration:
         return registration_pb(self.svc.get_registration(request.registration_id), self.svc.store.data_dir)
@@ -186,13 +203,14 @@ class NavigationServicer(pb_grpc.NavigationServicer):
     def StreamTargets(self, request: pb.StreamTargetsRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.TargetState]:
         hub = self.svc.hub
-        snapshot, version = hub.current()
-        yield target_state_pb(snapshot)
-        while context.is_active() and not hub.closed:
-            snapshot, version = hub.wait(version, self.refresh_s)
-            if hub.closed:
-                return
+        with self._stream_slot():
+            snapshot, version = hub.current()
             yield target_state_pb(snapshot)
+            while context.is_active() and not hub.closed:
+                snapshot, version = hub.wait(version, self.refresh_s)
+                if hub.closed:
+                    return
+                yield target_state_pb(snapshot)
 
     def GetTargets(self, request: pb.GetTargetsRequest, context: grpc.ServicerContext) -> pb.TargetState:
         return target_state_pb(self.svc.hub.current()[0])
