@@ -157,6 +157,10 @@ def test_roles_and_authentication(svc) -> None:
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert viewer.call("GetRegistration", pb.GetRegistrationRequest(
         registration_id=reg.registration_id)).decision == pb.PENDING
+    denied = [e for e in viewer.call("ListAudit", pb.ListAuditRequest()).entries if e.action == "auth.denied"]
+    assert [(e.actor, e.role) for e in denied[:4]] == [("viewer user", "viewer"), ("technician user", "technician"),
+                                                      ("viewer user", "viewer"), ("technician user", "technician")]
+    assert "ApproveRegistration" in denied[1].detail and len(denied) == 7
 
 
 def test_bad_inputs_get_the_right_status(svc, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ class App:
                 ("grpc.so_reuseport", 0)]
         self.server = grpc.server(ThreadPoolExecutor(max_workers=config.server.max_workers,
                                                      thread_name_prefix="grpc"),
-                                  interceptors=[AuthInterceptor(self.auth)], options=opts,
+                                  interceptors=[AuthInterceptor(self.auth, self._audit_denied)], options=opts,
                                   maximum_concurrent_rpcs=config.server.max_workers * 2)
         navsvc_pb2_grpc.add_NavigationServicer_to_server(
             NavigationServicer(self.service, self.auth, config.igtl.refresh_hz, config.server.max_streams),
@@ -82,6 +82,10 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
                                             self.server)
+
+    def _audit_denied(self, method: str, who: Any, exc: Exception) -> None:
+        self.store.audit(who.name if who else "(unauthenticated)", who.role if who else "none",
+                         "auth.denied", method=method, reason=str(exc))
 
     def _set_health(self, status: int) -> None:
         self.health.set("", status)

@@ -193,8 +193,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     """Refuses calls without a valid token or with too low a role, and turns every
     :class:`NavError` raised by a servicer into its status code and message."""
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator,
+                 on_denied: Callable[[str, Identity | None, NavError], None] | None = None) -> None:
         self.auth = auth
+        self.on_denied = on_denied  # e.g. writes the refusal to the audit log
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -202,6 +204,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
         name = method.removeprefix(_SERVICE_PREFIX)
+        ident: Identity | None = None
         try:
             ident = self.auth.identify(details.invocation_metadata)
             required = REQUIRED_ROLE.get(name)
@@ -210,6 +213,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if not ident.allows(required):
                 raise PermissionDenied(f"{name} needs the {required} role; your token has role {ident.role}")
         except NavError as exc:
+            if self.on_denied is not None:
+                try:
+                    self.on_denied(name, ident, exc)
+                except Exception:  # auditing must not turn a refusal into a crash
+                    log.exception("cannot record the refusal of %s", name)
             return _denied(exc, name, handler)
         kw = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}

@@ -78,20 +78,18 @@ def event_pb(ev: dict[str, Any]) -> pb.RegistrationEvent:
 
 
 def target_state_pb(s: TargetSnapshot) -> pb.TargetState:
-    import numpy as np
-
     msg = pb.TargetState(state=s.state, case_id=s.case_id, registration_id=s.registration_id,
                          qa_verdict=s.qa_verdict, timestamp_s=s.timestamp_s, reason=s.reason,
                          device_calibrated=s.T_device_from_ct is not None)
-    T = np.array(s.T_device_from_ct) if s.T_device_from_ct is not None else None
-    if T is not None:
-        msg.T_device_from_ct.CopyFrom(_m4(T))
+    if s.T_device_from_ct is not None:
+        msg.T_device_from_ct.CopyFrom(_m4(s.T_device_from_ct))
     for t in s.targets:
         tm = pb.Target(name=t.name, entry_lps=_p3(t.entry_lps), target_lps=_p3(t.target_lps),
                        diameter_mm=t.diameter_mm)
-        if T is not None:
-            tm.entry_device.CopyFrom(_p3(T[:3, :3] @ np.array(t.entry_lps) + T[:3, 3]))
-            tm.target_device.CopyFrom(_p3(T[:3, :3] @ np.array(t.target_lps) + T[:3, 3]))
+        device = s.in_device(t)
+        if device is not None:
+            tm.entry_device.CopyFrom(_p3(device[0]))
+            tm.target_device.CopyFrom(_p3(device[1]))
         msg.targets.append(tm)
     return msg
 

@@ -50,6 +50,15 @@ class TargetSnapshot:
     def no_target(cls, reason: str, case_id: str = "") -> TargetSnapshot:
         return cls(state="no_target", case_id=case_id, reason=reason)
 
+    def in_device(self, target: TargetCT) -> tuple[np.ndarray, np.ndarray] | None:
+        """(entry, target) of ``target`` in the device frame (mm) via T_device_from_ct, or None
+        without a calibration."""
+        if self.T_device_from_ct is None:
+            return None
+        T = np.asarray(self.T_device_from_ct, dtype=float)
+        pts = np.array([target.entry_lps, target.target_lps], dtype=float) @ T[:3, :3].T + T[:3, 3]
+        return pts[0], pts[1]
+
 
 def targets_ct_from_trajectories(trajectories: list[dict], T_ct_from_mri) -> list[dict]:  # type: ignore[type-arg,no-untyped-def]
     """Map plan trajectories (MRI frame, LPS mm) into the CT frame with ``T_ct_from_mri``
