@@ -52,11 +52,11 @@ class TlsConfig(_Strict):
 
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
-    port: int = Field(50051, ge=0, le=65535)
-    max_message_bytes: int = Field(4 * MiB, ge=64 * 1024, le=64 * MiB)
-    max_workers: int = Field(64, ge=4, le=1024)  # RPC threads; a stream holds one while open
-    max_streams: int = Field(32, ge=1)  # open WatchRegistration + StreamTargets calls at once
-    grace_s: float = Field(5.0, ge=0)
+    port: int = Field(default=50051, ge=0, le=65535)
+    max_message_bytes: int = Field(default=4 * MiB, ge=64 * 1024, le=64 * MiB)
+    max_workers: int = Field(default=64, ge=4, le=1024)  # RPC threads; a stream holds one while open
+    max_streams: int = Field(default=32, ge=1)  # open WatchRegistration + StreamTargets calls at once
+    grace_s: float = Field(default=5.0, ge=0)
     tls: TlsConfig | None = None
 
     @model_validator(mode="after")
@@ -70,8 +70,8 @@ class ServerConfig(_Strict):
 class IgtlConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(18944, ge=0, le=65535)
-    refresh_hz: float = Field(10.0, gt=0, le=1000)  # also the gRPC target stream's refresh
+    port: int = Field(default=18944, ge=0, le=65535)
+    refresh_hz: float = Field(default=10.0, gt=0, le=1000)  # also the gRPC target stream's refresh
     allow: tuple[str, ...] = ("127.0.0.1", "::1")
     output_frame: Literal["lps", "ras", "device"] = "lps"
 
@@ -85,8 +85,8 @@ class PathsConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_upload_bytes: int = Field(1024 * MiB, ge=1)
-    max_label_chars: int = Field(200, ge=1)
+    max_upload_bytes: int = Field(default=1024 * MiB, ge=1)
+    max_label_chars: int = Field(default=200, ge=1)
 
 
 class TokenConfig(_Strict):
@@ -110,7 +110,7 @@ class AuthConfig(_Strict):
 class RegistrationConfig(_Strict):
     #: keyword arguments of navsvc.registration.RegistrationOptions
     options: dict[str, object] = Field(default_factory=dict)
-    max_concurrent: int = Field(1, ge=1, le=16)  # registrations running at once (all cases)
+    max_concurrent: int = Field(default=1, ge=1, le=16)  # registrations running at once (all cases)
 
 
 class Config(_Strict):

@@ -73,6 +73,8 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "small", *,
 
     # 1. the phantom and its plan (preoperative, on the MRI)
     case = make_case(seed, preset)
+    if case.mri is None or case.labels is None or case.ct is None:
+        raise PreconditionFailed(f"phantom preset {preset!r} made no MRI, segmentation or CT")
     mri_path, labels_path, ct_path = inputs / "mri.nii.gz", inputs / "labels.nii.gz", inputs / "ct.nii.gz"
     write_image(mri_path, case.mri)
     write_image(labels_path, case.labels)
