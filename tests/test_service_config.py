@@ -57,3 +57,20 @@ def test_confine(tmp_path: Path) -> None:
         confine("sub/a.nii", [], "MRI")
     with pytest.raises(InputError):
         confine("", [root], "MRI")
+
+
+def test_ports_in_use_are_clear_errors(tmp_path: Path) -> None:
+    import socket
+
+    from service_support import start_service
+
+    from navsvc.errors import StreamingError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            start_service(tmp_path / "a", server={"port": port})
+        with pytest.raises(StreamingError, match="Address already in use"):
+            start_service(tmp_path / "b", igtl={"enabled": True, "port": port})

@@ -103,9 +103,11 @@ class App:
                 raise ConfigError(f"[server.tls]: cannot read a certificate or key: {exc}") from exc
             creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                                 require_client_auth=ca is not None)
-            self.grpc_port = self.server.add_secure_port(address, creds)
-        else:
-            self.grpc_port = self.server.add_insecure_port(address)
+        try:
+            self.grpc_port = (self.server.add_secure_port(address, creds) if cfg.server.tls is not None
+                              else self.server.add_insecure_port(address))
+        except RuntimeError:  # grpc >= 1.60 raises when the bind fails
+            self.grpc_port = 0
         if not self.grpc_port:
             raise ConfigError(f"[server]: cannot listen on {address} (in use or not a local address)")
         if cfg.igtl.enabled:
