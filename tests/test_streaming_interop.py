@@ -19,12 +19,14 @@ import pytest
 from navsvc.frames import RAS_FROM_LPS_4x4
 from navsvc.streaming import IgtlServer, StreamConfig, Target, TargetState
 from navsvc.streaming import messages as m
+from navsvc.transforms import RigidTransform
 
 SOURCE = Path(__file__).parent / "igtl_ref_client" / "igtl_ref_client.cxx"
 INCLUDE = Path("/usr/include/openigtlink")
 ENTRY_LPS = np.array([-62.0, 31.5, -802.25])
 TARGET_LPS = np.array([-84.5, 48.0, -766.0])
 TS = 1795000000.25
+T_DEVICE_FROM_CT = RigidTransform.from_euler_deg([12.0, -33.0, 71.0], [-310.0, 95.0, 870.0], "device", "ct")
 
 
 @pytest.fixture(scope="module")
@@ -76,26 +78,33 @@ def test_byte_for_byte_against_reference_library(ref_client):
         assert abs(int.from_bytes(mine[38:42], "big") - int.from_bytes(ref[38:42], "big")) <= 1
 
 
-@pytest.mark.parametrize("frame", ["lps", "ras"])
+@pytest.mark.parametrize("frame", ["lps", "ras", "device"])
 def test_reference_client_receives_and_decodes_our_stream(ref_client, frame):
-    with IgtlServer(StreamConfig(port=0, output_frame=frame, refresh_hz=0)) as srv:
+    calibration = T_DEVICE_FROM_CT if frame == "device" else None
+    with IgtlServer(StreamConfig(port=0, output_frame=frame, refresh_hz=0, T_device_from_ct=calibration)) as srv:
         srv.publish(state())
         lines = run_client(ref_client, srv.port, 5)   # TRANSFORM, TRAJ, POINT, STATUS, STRING
     assert [ln[0] for ln in lines if ln[0] in ("TRANSFORM", "TRAJ", "POINT", "STATUS", "STRING")] == \
         ["TRANSFORM", "TRAJ", "POINT", "STATUS", "STRING"]
-    flip = RAS_FROM_LPS_4x4 if frame == "ras" else np.eye(4)
-    pose = flip @ drill_pose(ENTRY_LPS, TARGET_LPS) @ flip
-    entry, target = flip[:3, :3] @ ENTRY_LPS, flip[:3, :3] @ TARGET_LPS
+    if frame == "device":
+        pose = T_DEVICE_FROM_CT.matrix @ drill_pose(ENTRY_LPS, TARGET_LPS)
+        entry, target = T_DEVICE_FROM_CT.apply(ENTRY_LPS), T_DEVICE_FROM_CT.apply(TARGET_LPS)
+    else:
+        flip = RAS_FROM_LPS_4x4 if frame == "ras" else np.eye(4)
+        pose = flip @ drill_pose(ENTRY_LPS, TARGET_LPS) @ flip
+        entry, target = flip[:3, :3] @ ENTRY_LPS, flip[:3, :3] @ TARGET_LPS
     rows = {ln[0]: ln for ln in lines}
     tr = rows["TRANSFORM"]
     assert tr[1] == "Drill1ToReference" and tr[2] == "1795000000.250000000"
-    np.testing.assert_allclose(np.array(tr[3:15], float).reshape(3, 4), pose[:3], atol=2e-5)
+    # float32 on the wire: 1e-4 mm / 1e-6 relative on rotations
+    np.testing.assert_allclose(np.array(tr[3:15], float).reshape(3, 4), pose[:3], atol=1e-4, rtol=1e-6)
     el = rows["TRAJ_EL"]
     assert el[1:4] == ["Drill1", "Trajectory", "3"] and el[-1] == "Reference"
-    np.testing.assert_allclose(np.array(el[4:11], float), [*entry, *target, 1.5], atol=2e-5)
+    np.testing.assert_allclose(np.array(el[4:11], float), [*entry, *target, 1.5], atol=1e-4, rtol=1e-6)
     pts = [ln for ln in lines if ln[0] == "POINT_EL"]
     assert [p[1] for p in pts] == ["Drill1-Entry", "Drill1-Target"]
-    np.testing.assert_allclose(np.array(pts[1][3:6], float), target, atol=2e-5)
+    np.testing.assert_allclose(np.array(pts[1][3:7], float), [*target, 1.5], atol=1e-4, rtol=1e-6)
+    assert pts[1][2] == "Drill1" and pts[1][7] == "Reference"
     assert rows["STATUS"][3:5] == ["1", "0"]
     assert '"state": "approved"' in rows["STRING"][4] and '"qa_verdict": "WARN"' in rows["STRING"][4]
 

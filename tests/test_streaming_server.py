@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import time
@@ -339,6 +338,90 @@ def test_stop_releases_port_and_closes_clients():
     srv.stop()
     _expect_closed(c.sock)
     again = IgtlServer(StreamConfig(port=port))
-    again.start()
+    assert again.start() == port                 # the port is free again
     again.stop()
-    assert os.name != "nt"
+
+
+def test_header_version_2_stream_and_empty_name_query():
+    with IgtlServer(StreamConfig(port=0, refresh_hz=0, header_version=2)) as srv:
+        srv.publish(approved())
+        with IgtlClient("127.0.0.1", srv.port) as c:
+            msg, seen = c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            assert {x.header_version for x in seen} == {2} and json.loads(msg.string)["valid_target"]
+            np.testing.assert_allclose(seen[0].matrix, expected_pose(ENTRY_LPS, TARGET_LPS, "lps"), atol=2e-4)
+            c.send(m.QueryMessage("GET_TRANS", device_name=""))       # empty name: all of that type
+            first = c.receive(TIMEOUT_S)
+            second = c.receive(TIMEOUT_S)
+            assert [first.device_name, second.device_name] == ["Drill1ToReference", "Drill2ToReference"]
+
+
+def test_clearing_calibration_withdraws_device_targets():
+    config = StreamConfig(port=0, refresh_hz=0, output_frame="device", T_device_from_ct=T_DEVICE_FROM_CT)
+    with IgtlServer(config) as srv:
+        srv.publish(approved())
+        with IgtlClient("127.0.0.1", srv.port) as c:
+            c.receive_until(lambda x: x.message_type == "TRANSFORM", TIMEOUT_S)
+            c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            srv.set_device_calibration(None)
+            msg, seen = c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            assert [x.message_type for x in seen] == ["STATUS", "STRING"] and seen[0].code == m.STATUS_NOT_READY
+            assert json.loads(msg.string)["valid_target"] is False
+
+
+def test_reply_queue_is_bounded_for_a_client_that_does_not_read():
+    config = StreamConfig(port=0, refresh_hz=0, queue_size=4, send_buffer_bytes=4096)
+    with IgtlServer(config) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.settimeout(TIMEOUT_S)
+        query = m.QueryMessage("GET_STATUS", device_name="NavStatus").pack()
+        sock.sendall(query * 3000)                        # ~290 kB of replies owed, none read yet
+        deadline = time.monotonic() + TIMEOUT_S
+        while not any(c.pending_bytes for c in srv.client_stats()):
+            assert time.monotonic() < deadline, "the client's buffers never filled"
+            time.sleep(0.01)
+        other = IgtlClient("127.0.0.1", srv.port)         # the server still serves others at once
+        other.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+        other.close()
+        reader = IgtlClient.from_socket(sock)             # now drain the first socket
+        replies = 0
+        try:
+            while True:
+                msg = reader.receive(1.0)
+                replies += msg.message_type == "STATUS"
+        except TimeoutError:
+            pass
+        assert 4 <= replies < 3000 - 100, f"{replies} replies: the queue did not drop old replies"
+        sock.close()
+
+
+@pytest.mark.parametrize("frame", ["lps", "ras", "device"])
+def test_raw_protocol_client_gets_exact_matrices_in_each_frame(frame):
+    config = StreamConfig(port=0, refresh_hz=0, output_frame=frame,
+                          T_device_from_ct=T_DEVICE_FROM_CT if frame == "device" else None)
+    with IgtlServer(config) as srv:
+        srv.publish(approved())
+        raw = RawClient(srv.port)
+        seen = raw.until_string(lambda s: True)
+        expected = expected_pose(ENTRY_LPS, TARGET_LPS, frame)
+        body = next(b for t, n, _ts, b in seen if (t, n) == ("TRANSFORM", "Drill1ToReference"))
+        np.testing.assert_allclose(raw_matrix(body), expected, atol=1e-4, rtol=1e-6)
+        raw.sock.sendall(m.StartTrackingDataMessage(5, "", device_name="NavTargets").pack())
+        tdata = None
+        while tdata is None:
+            t, n, _ts, b = raw.message()
+            if t == "TDATA":
+                tdata = b
+        assert len(tdata) == 2 * 70 and tdata[:20].rstrip(b"\0") == b"Drill1" and tdata[20] == 2
+        np.testing.assert_allclose(raw_matrix(tdata[22:70]), expected, atol=1e-4, rtol=1e-6)
+        # withdrawal stops TDATA too: after the no-target state only STATUS/STRING arrive
+        srv.publish(TargetState.no_target("withdrawn"))
+        while True:
+            t, n, _ts, b = raw.message()
+            if t == "STRING" and b"withdrawn" in b:
+                break
+        raw.sock.sendall(m.QueryMessage("GET_STATUS", device_name="NavStatus").pack())
+        t, n, _ts, b = raw.message()
+        assert (t, n) == ("STATUS", "NavStatus") and struct.unpack(">H", b[:2])[0] == m.STATUS_NOT_READY
+        raw.sock.close()

@@ -8,8 +8,8 @@ See docs/openigtlink.md for the contract with integrators.
 """
 
 from navsvc.streaming.client import IgtlClient
-from navsvc.streaming.server import IgtlServer, StreamConfig
+from navsvc.streaming.server import ClientStats, IgtlServer, StreamConfig
 from navsvc.streaming.targets import Target, TargetState, drill_frame_lps, target_pose
 
-__all__ = ["IgtlClient", "IgtlServer", "StreamConfig", "Target", "TargetState",
+__all__ = ["ClientStats", "IgtlClient", "IgtlServer", "StreamConfig", "Target", "TargetState",
            "drill_frame_lps", "target_pose"]

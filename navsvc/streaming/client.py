@@ -28,6 +28,13 @@ class IgtlClient:
         self.max_body_bytes = max_body_bytes
         self._buf = bytearray()
 
+    @classmethod
+    def from_socket(cls, sock: socket.socket, max_body_bytes: int = 16 << 20) -> IgtlClient:
+        """Wrap an already connected socket (e.g. one with special options)."""
+        client = cls.__new__(cls)
+        client.sock, client.max_body_bytes, client._buf = sock, max_body_bytes, bytearray()
+        return client
+
     def send(self, message: m.MessageBase) -> None:
         self.sock.sendall(message.pack())
 
@@ -78,3 +85,29 @@ class IgtlClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def describe(message: Any) -> str:
+    """A one-message text summary for technicians (``navsvc listen``)."""
+    mtype, name = message.message_type, message.device_name
+    head = f"{message.timestamp:.6f} {mtype} {name!r}"
+    if mtype == "TRANSFORM":
+        rows = "; ".join(" ".join(f"{v:10.4f}" for v in row) for row in message.matrix[:3])
+        return f"{head} [{rows}]"
+    if mtype == "STRING":
+        return f"{head} {message.string}"
+    if mtype == "STATUS":
+        return f"{head} code={message.code} error={message.error_name!r} {message.status_string}"
+    if mtype == "TRAJ":
+        parts = [f"{e.name}: entry={[round(v, 4) for v in e.entry]} target={[round(v, 4) for v in e.target]} "
+                 f"radius={e.radius_mm:.3f}" for e in message.elements]
+        return f"{head} " + " | ".join(parts)
+    if mtype == "POINT":
+        parts = [f"{n}={[round(float(v), 4) for v in xyz]}" for n, xyz in zip(message.names, message.positions, strict=True)]
+        return f"{head} " + " ".join(parts)
+    if mtype == "TDATA":
+        parts = [f"{n}: origin={[round(float(v), 4) for v in mat[:3, 3]]}" for n, mat, _t in message.elements]
+        return f"{head} " + " | ".join(parts)
+    if mtype.startswith("RTS_"):
+        return f"{head} status={message.status}"
+    return head

@@ -1,23 +1,32 @@
 """An OpenIGTLink server that serves many subscribers at once.
 
-Threads: one accept thread, one refresh thread, and per client one reader thread
-(parses queries) and one writer thread (the only thread that sends on that socket).
-A publish encodes the state once (:func:`~navsvc.streaming.targets.render`) and hands
-the same bytes to every client's outbox; a client's outbox holds only the newest
-state (a slot, replaced) plus a bounded deque of query replies, so a slow or stalled
-client never delays the others and never grows memory. A client whose send does not
-complete within ``send_timeout_s`` is dropped, as is one that closes, sends malformed
-or oversized input, or fails its CRC.
+One I/O thread runs a ``selectors`` loop over the listening socket, every client
+socket (non-blocking) and a wake-up socket pair; it alone reads, writes, accepts,
+refreshes and drops. :meth:`IgtlServer.publish` (any thread) encodes the state once
+(:func:`~navsvc.streaming.targets.render`), bumps a version number and wakes the loop,
+which then sends the same bytes to every client at once.
 
-Locks: ``IgtlServer._lock`` guards the client table and the current state;
-``_Client._cond`` guards that client's outbox. No code holds both at once, and no
-lock is held across a socket send.
+Per client the outbox is bounded: the message being written (a partly sent chunk is
+finished, never interleaved), then the *newest* state version only (intermediate
+versions a slow client missed are skipped, never queued), its query replies (at most
+``queue_size``, oldest dropped) and its TDATA frame when due. A stalled client
+therefore never delays the others and never grows memory; one that makes no send
+progress for ``send_timeout_s`` is dropped, as is one that closes, resets, sends
+malformed or oversized input, or fails a CRC.
+
+Locks (order: ``_publish_lock`` before ``_lock``; neither is ever held across a socket
+call): ``IgtlServer._publish_lock`` serialises :meth:`publish` and
+:meth:`set_device_calibration` (encoding included), so that states take effect in the
+order they were published -- an approval followed at once by a withdrawal can never end
+on the approval. ``IgtlServer._lock`` guards the current state, its version and the
+client table, held only to copy or swap references.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -64,6 +73,8 @@ class StreamConfig:
     ``queue_size``: query replies kept per client (oldest dropped beyond).
     ``max_body_bytes``: larger incoming bodies close that client.
     ``send_timeout_s``: a client that accepts no data for this long is dropped.
+    ``send_buffer_bytes``: kernel send buffer per client (SO_SNDBUF); it bounds how much
+    already-encoded (possibly outdated) data can wait for a slow client. None: OS default.
     ``header_version``: 1 (OpenIGTLink 1/2, what most clients read) or 2 (v3 header).
     """
 
@@ -78,6 +89,7 @@ class StreamConfig:
     max_body_bytes: int = 65536
     max_clients: int = 64
     send_timeout_s: float = 2.0
+    send_buffer_bytes: int | None = 65536
     header_version: int = 1
 
     def __post_init__(self) -> None:
@@ -94,6 +106,8 @@ class StreamConfig:
             )
         if self.send_timeout_s <= 0:
             raise ConfigError(f"send_timeout_s: expected > 0, got {self.send_timeout_s}")
+        if self.send_buffer_bytes is not None and self.send_buffer_bytes < 4096:
+            raise ConfigError(f"send_buffer_bytes: expected >= 4096 or None, got {self.send_buffer_bytes}")
         if self.header_version not in (1, 2):
             raise ConfigError(f"header_version: expected 1 or 2, got {self.header_version}")
         try:
@@ -137,151 +151,31 @@ def _check_calibration(T_device_from_ct: RigidTransform | None) -> None:
         )
 
 
-class _Client:
-    """One subscriber: its socket, its outbox and its two threads."""
+@dataclass(frozen=True)
+class ClientStats:
+    """``pending_bytes``: encoded but not yet accepted by the peer (> 0: slow or stalled)."""
 
-    def __init__(self, server: IgtlServer, sock: socket.socket, address: tuple, rendered: Rendered) -> None:
-        self.server = server
+    peer: str
+    bytes_sent: int
+    pending_bytes: int
+
+
+class _Client:
+    """One subscriber's socket and outbox; touched only by the I/O thread."""
+
+    def __init__(self, sock: socket.socket, address: tuple, now: float) -> None:
         self.sock = sock
         self.peer = f"{address[0]}:{address[1]}"
-        self._cond = threading.Condition()
-        self._rendered = rendered  # newest state; sent when _state_pending
-        self._state_pending = True  # the current state goes out as soon as we connect
-        self._replies: deque[bytes] = deque()
-        self._tdata_interval_s: float | None = None
-        self._next_tdata_s = 0.0
-        self._closed = False
-        self.close_reason = ""
+        self.rbuf = bytearray()
+        self.out: memoryview | None = None  # chunk being written
+        self.sent_version = -1  # state version last queued (-1: the state goes out at once)
+        self.replies: deque[bytes] = deque()
+        self.tdata_interval_s: float | None = None
+        self.next_tdata_s = 0.0
+        self.last_progress_s = now
+        self.writing = False  # registered for EVENT_WRITE
+        self.closed = False
         self.bytes_sent = 0
-        self._reader = threading.Thread(target=self._read_loop, name=f"igtl-read-{self.peer}", daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name=f"igtl-write-{self.peer}", daemon=True)
-
-    def start(self) -> None:
-        self._reader.start()
-        self._writer.start()
-
-    # -- outbox (called from other threads; never blocks on the socket) ---------
-    def offer_state(self, rendered: Rendered) -> None:
-        with self._cond:
-            self._rendered = rendered
-            self._state_pending = True
-            self._cond.notify()
-
-    def offer_reply(self, raw: bytes) -> None:
-        with self._cond:
-            if len(self._replies) >= self.server.config.queue_size:
-                self._replies.popleft()
-                log.warning("client %s: reply queue full, dropped the oldest reply", self.peer)
-            self._replies.append(raw)
-            self._cond.notify()
-
-    def set_tdata_interval(self, interval_s: float | None) -> None:
-        with self._cond:
-            self._tdata_interval_s = interval_s
-            self._next_tdata_s = time.monotonic()
-            self._cond.notify()
-
-    def close(self, reason: str) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self.close_reason = reason
-            self._cond.notify()
-        log.info("client %s closed: %s", self.peer, reason)
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.server._forget(self)
-
-    def join(self, timeout_s: float) -> None:
-        for t in (self._reader, self._writer):
-            if t.is_alive() and t is not threading.current_thread():
-                t.join(timeout_s)
-
-    # -- writer -------------------------------------------------------------
-    def _next_chunk(self) -> bytes | None:
-        """Wait for something to send; None when closed."""
-        with self._cond:
-            while True:
-                if self._closed:
-                    return None
-                now = time.monotonic()
-                tdata_due = self._tdata_interval_s is not None and now >= self._next_tdata_s
-                if self._replies or self._state_pending or tdata_due:
-                    break
-                wait_s = None
-                if self._tdata_interval_s is not None:
-                    wait_s = max(self._next_tdata_s - now, 0.0)
-                self._cond.wait(wait_s)
-            chunks = []
-            rendered = self._rendered
-            if self._state_pending:  # the state first: on connect it precedes any reply
-                chunks.append(rendered.blob)
-                self._state_pending = False
-            chunks += self._replies
-            self._replies.clear()
-            if tdata_due and self._tdata_interval_s is not None:
-                if rendered.tdata:
-                    chunks.append(rendered.tdata)
-                self._next_tdata_s = max(self._next_tdata_s + self._tdata_interval_s, now)
-            return b"".join(chunks)
-
-    def _write_loop(self) -> None:
-        while True:
-            chunk = self._next_chunk()
-            if chunk is None:
-                return
-            if not chunk:
-                continue
-            try:
-                self.sock.sendall(chunk)
-            except TimeoutError:
-                self.close(f"stalled: could not send for {self.server.config.send_timeout_s} s")
-                return
-            except OSError as exc:
-                self.close(f"send failed: {exc}")
-                return
-            self.bytes_sent += len(chunk)
-
-    # -- reader -------------------------------------------------------------
-    def _recv_exact(self, n: int) -> bytes | None:
-        buf = bytearray()
-        while len(buf) < n:
-            if self._closed:
-                return None
-            try:
-                part = self.sock.recv(min(n - len(buf), 1 << 16))
-            except TimeoutError:
-                continue  # idle client; liveness is checked by the writer and TCP keepalive
-            except OSError:
-                return None
-            if not part:
-                return None
-            buf += part
-        return bytes(buf)
-
-    def _read_loop(self) -> None:
-        max_body = self.server.config.max_body_bytes
-        while True:
-            raw = self._recv_exact(m.HEADER_SIZE)
-            if raw is None:
-                self.close("connection closed by peer")
-                return
-            try:
-                header = m.parse_header(raw, max_body)
-                body = self._recv_exact(header.body_size) if header.body_size else b""
-                if body is None:
-                    self.close("connection closed by peer in a message body")
-                    return
-                message = m.decode(header, body)
-            except StreamingError as exc:
-                log.warning("client %s sent malformed input: %s", self.peer, exc)
-                self.close(f"malformed input: {exc}")
-                return
-            self.server._handle_incoming(self, header, message)
 
 
 class IgtlServer:
@@ -290,16 +184,22 @@ class IgtlServer:
     def __init__(self, config: StreamConfig | None = None) -> None:
         self.config = config or StreamConfig()
         self._nets = allowed_networks(self.config.allow)
+        self._publish_lock = threading.Lock()  # serialises publish / set_device_calibration
         self._lock = threading.Lock()
         self._clients_changed = threading.Condition(self._lock)
-        self._clients: list[_Client] = []
+        self._clients: dict[socket.socket, _Client] = {}
         self._T_device_from_ct = self.config.T_device_from_ct
         self._state = TargetState.no_target("no registration published yet")
         self._rendered = self._render(self._state, self._T_device_from_ct)
+        self._version = 0
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self.refused_count = 0
+        self.dropped: list[tuple[str, str]] = []  # (peer, reason), most recent last
         self.port: int | None = None
 
     # -- public API -----------------------------------------------------------
@@ -313,14 +213,11 @@ class IgtlServer:
             listener = socket.create_server((host, self.config.port), family=family, backlog=64)
         except OSError as exc:
             raise StreamingError(f"cannot listen on {host}:{self.config.port}: {exc}") from exc
-        listener.settimeout(0.2)
+        listener.setblocking(False)
         self._listener = listener
         self.port = int(listener.getsockname()[1])
-        self._threads = [threading.Thread(target=self._accept_loop, name="igtl-accept", daemon=True)]
-        if self.config.refresh_hz > 0:
-            self._threads.append(threading.Thread(target=self._refresh_loop, name="igtl-refresh", daemon=True))
-        for t in self._threads:
-            t.start()
+        self._thread = threading.Thread(target=self._io_loop, name="igtl-io", daemon=True)
+        self._thread.start()
         log.info("OpenIGTLink server on %s:%d (frame %s, refresh %.1f Hz, allow %s)", host, self.port,
                  self.config.output_frame, self.config.refresh_hz, ",".join(self.config.allow))
         return self.port
@@ -334,23 +231,28 @@ class IgtlServer:
             raise InputError(f"expected a TargetState, got {type(state).__name__}")
         for t in state.targets:
             transform_device_name(t.name, self.config.reference_name)
-        with self._lock:
+        with self._publish_lock:  # publishes take effect in call order (approve, then withdraw)
             rendered = self._render(state, self._T_device_from_ct)
-            self._state, self._rendered = state, rendered
-            clients = list(self._clients)
-        for c in clients:
-            c.offer_state(rendered)
+            with self._lock:
+                previous = self._state
+                self._state, self._rendered = state, rendered
+                self._version += 1
+        if (previous.state, previous.registration_id) != (state.state, state.registration_id):
+            log.info("stream state %s (registration %s, QA %s, %d target(s), valid=%s)%s", state.state,
+                     state.registration_id, state.qa_verdict, len(state.targets), rendered.valid,
+                     f": {rendered.reason}" if rendered.reason else "")
+        self._wake()
 
     def set_device_calibration(self, T_device_from_ct: RigidTransform | None) -> None:
         """Set (or clear with None) ``T_device_from_ct``; re-sends the current state."""
         _check_calibration(T_device_from_ct)
-        with self._lock:
-            self._T_device_from_ct = T_device_from_ct
+        with self._publish_lock:
             rendered = self._render(self._state, T_device_from_ct)
-            self._rendered = rendered
-            clients = list(self._clients)
-        for c in clients:
-            c.offer_state(rendered)
+            with self._lock:
+                self._T_device_from_ct = T_device_from_ct
+                self._rendered = rendered
+                self._version += 1
+        self._wake()
 
     @property
     def current(self) -> Rendered:
@@ -362,24 +264,25 @@ class IgtlServer:
         with self._lock:
             return len(self._clients)
 
+    def client_stats(self) -> list[ClientStats]:
+        """A snapshot per connected client, for monitoring."""
+        with self._lock:
+            clients = list(self._clients.values())
+        return [ClientStats(c.peer, c.bytes_sent, len(c.out) if c.out is not None else 0) for c in clients]
+
     def wait_for_clients(self, count: int, timeout_s: float) -> bool:
         """Block until exactly ``count`` clients are connected (True) or the timeout (False)."""
         with self._clients_changed:
             return self._clients_changed.wait_for(lambda: len(self._clients) == count, timeout_s)
 
     def stop(self) -> None:
-        """Close every client, stop the threads and release the port."""
+        """Close every client, stop the I/O thread and release the port."""
         self._stop.set()
-        for t in self._threads:
-            t.join(2.0)
-        if self._listener is not None:
-            self._listener.close()
-        with self._lock:
-            clients = list(self._clients)
-        for c in clients:
-            c.close("server stopping")
-        for c in clients:
-            c.join(2.0)
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
         log.info("OpenIGTLink server stopped")
 
     def __enter__(self) -> IgtlServer:
@@ -394,22 +297,70 @@ class IgtlServer:
         return render(state, self.config.output_frame, T_device_from_ct,
                       self.config.reference_name, self.config.header_version)
 
-    def _forget(self, client: _Client) -> None:
-        with self._clients_changed:
-            if client in self._clients:
-                self._clients.remove(client)
-                self._clients_changed.notify_all()
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (or we are stopping)
 
-    def _accept_loop(self) -> None:
+    def _io_loop(self) -> None:
         assert self._listener is not None
+        sel = selectors.DefaultSelector()
+        self._sel = sel
+        sel.register(self._listener, selectors.EVENT_READ, "listen")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            self._serve(sel)
+        except Exception:
+            log.exception("OpenIGTLink I/O loop failed; closing every client")
+            raise
+        finally:
+            for client in list(self._clients.values()):
+                self._drop(client, "server stopping")
+            sel.close()
+            self._listener.close()
+
+    def _serve(self, sel: selectors.BaseSelector) -> None:
+        period_s = 1.0 / self.config.refresh_hz if self.config.refresh_hz > 0 else None
+        next_refresh_s = time.monotonic() + period_s if period_s else float("inf")
         while not self._stop.is_set():
+            now = time.monotonic()
+            deadline = min([next_refresh_s, now + 0.25] +
+                           [c.next_tdata_s for c in self._clients.values() if c.tdata_interval_s])
+            for key, mask in sel.select(max(deadline - now, 0.0)):
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "wake":
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif mask & selectors.EVENT_READ:
+                    try:
+                        self._read(key.data)
+                    except Exception:  # a bug must cost one client, not the stream
+                        log.exception("client %s: unexpected error handling its input", key.data.peer)
+                        self._drop(key.data, "internal error handling its input")
+            now = time.monotonic()
+            if now >= next_refresh_s and period_s:
+                with self._lock:
+                    self._version += 1
+                next_refresh_s = max(next_refresh_s + period_s, now)
+            with self._lock:
+                rendered, version = self._rendered, self._version
+            for client in list(self._clients.values()):
+                self._flush(client, rendered, version, now)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
             try:
                 sock, address = self._listener.accept()
-            except TimeoutError:
-                continue
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
-                if not self._stop.is_set():
-                    log.error("accept failed: %s", exc)
+                log.error("accept failed: %s", exc)
                 return
             self._admit(sock, address)
 
@@ -420,51 +371,146 @@ class IgtlServer:
             log.warning("refused OpenIGTLink client %s: not in the allow-list", peer)
             sock.close()
             return
-        sock.settimeout(self.config.send_timeout_s)
+        if len(self._clients) >= self.config.max_clients:
+            self.refused_count += 1
+            log.warning("refused OpenIGTLink client %s: %d clients already", peer, len(self._clients))
+            sock.close()
+            return
+        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.config.send_buffer_bytes is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
         for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, opt):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        client = _Client(sock, address, time.monotonic())
+        self._sel.register(sock, selectors.EVENT_READ, client)
         with self._clients_changed:
-            if len(self._clients) >= self.config.max_clients:
-                self.refused_count += 1
-                log.warning("refused OpenIGTLink client %s: %d clients already", peer, len(self._clients))
-                sock.close()
-                return
-            client = _Client(self, sock, address, self._rendered)
-            self._clients.append(client)
+            self._clients[sock] = client
             self._clients_changed.notify_all()
         log.info("OpenIGTLink client %s connected", peer)
-        client.start()
 
-    def _refresh_loop(self) -> None:
-        period_s = 1.0 / self.config.refresh_hz
-        while not self._stop.wait(period_s):
-            with self._lock:
-                rendered = self._rendered
-                clients = list(self._clients)
-            for c in clients:
-                c.offer_state(rendered)
+    def _drop(self, client: _Client, reason: str) -> None:
+        client.closed = True
+        with self._clients_changed:
+            if self._clients.pop(client.sock, None) is None:
+                return
+            self._clients_changed.notify_all()
+        self.dropped.append((client.peer, reason))
+        del self.dropped[:-100]
+        log.info("client %s dropped: %s", client.peer, reason)
+        try:
+            self._sel.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        try:
+            client.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        client.sock.close()
+
+    def _read(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop(client, f"connection error: {exc}")
+            return
+        if not data:
+            self._drop(client, "connection closed by peer")
+            return
+        client.rbuf += data
+        buf = client.rbuf
+        while len(buf) >= m.HEADER_SIZE and not client.closed:
+            try:
+                header = m.parse_header(bytes(buf[: m.HEADER_SIZE]), self.config.max_body_bytes)
+                end = m.HEADER_SIZE + header.body_size
+                if len(buf) < end:
+                    return
+                message = m.decode(header, bytes(buf[m.HEADER_SIZE:end]))
+            except StreamingError as exc:
+                log.warning("client %s sent malformed input: %s", client.peer, exc)
+                self._drop(client, f"malformed input: {exc}")
+                return
+            del buf[:end]
+            self._handle_incoming(client, header, message)
+
+    def _flush(self, client: _Client, rendered: Rendered, version: int, now: float) -> None:
+        """Send what the client is owed, without blocking; keep the rest for later."""
+        while True:
+            if client.out is None:
+                chunks = []
+                if client.sent_version != version:  # only the newest state, never a backlog
+                    chunks.append(rendered.blob)
+                    client.sent_version = version
+                chunks += client.replies
+                client.replies.clear()
+                if client.tdata_interval_s is not None and now >= client.next_tdata_s:
+                    if rendered.tdata:
+                        chunks.append(rendered.tdata)
+                    client.next_tdata_s = max(client.next_tdata_s + client.tdata_interval_s, now)
+                if not chunks:
+                    break
+                client.out = memoryview(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                client.last_progress_s = now
+            try:
+                n = client.sock.send(client.out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._drop(client, f"send failed: {exc}")
+                return
+            if n:
+                client.last_progress_s = now
+                client.bytes_sent += n
+                client.out = client.out[n:]
+            if client.out is not None and len(client.out) == 0:
+                client.out = None
+                continue
+            if n == 0:
+                break
+        want_write = client.out is not None
+        if want_write and now - client.last_progress_s > self.config.send_timeout_s:
+            self._drop(client, f"stalled: no data accepted for {self.config.send_timeout_s} s")
+            return
+        if want_write != client.writing:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self._sel.modify(client.sock, events, client)
+            client.writing = want_write
 
     def _handle_incoming(self, client: _Client, header: m.Header, message: object) -> None:
         mtype = header.message_type
         if mtype in QUERIES:
-            client.offer_reply(self._answer_query(QUERIES[mtype], header.device_name))
+            self._reply(client, self._answer_query(QUERIES[mtype], header.device_name))
         elif mtype == "STT_TDATA":
             resolution_ms = getattr(message, "resolution_ms", 0)
             interval_s = max(resolution_ms / 1000.0, _MIN_TDATA_INTERVAL_S)
             ok = 0 <= resolution_ms <= 3_600_000
-            client.offer_reply(self._pack(m.RtsMessage("RTS_TDATA", 0 if ok else 1,
-                                                       device_name=header.device_name)))
+            self._reply(client, self._pack(m.RtsMessage("RTS_TDATA", 0 if ok else 1,
+                                                        device_name=header.device_name)))
             if ok:
                 log.info("client %s: TDATA stream every %.3f s", client.peer, interval_s)
-                client.set_tdata_interval(interval_s)
+                client.tdata_interval_s = interval_s
+                client.next_tdata_s = time.monotonic()
         elif mtype == "STP_TDATA":
-            client.set_tdata_interval(None)
-            client.offer_reply(self._pack(m.RtsMessage("RTS_TDATA", 0, device_name=header.device_name)))
+            client.tdata_interval_s = None
+            self._reply(client, self._pack(m.RtsMessage("RTS_TDATA", 0, device_name=header.device_name)))
         else:
             log.info("client %s sent %s %r: ignored", client.peer, mtype, header.device_name)
+
+    def _reply(self, client: _Client, raw: bytes) -> None:
+        if client.closed:
+            return
+        if len(client.replies) >= self.config.queue_size and client.out is None:
+            with self._lock:  # a burst of queries: move replies to the socket first
+                rendered, version = self._rendered, self._version
+            self._flush(client, rendered, version, time.monotonic())
+        if len(client.replies) >= self.config.queue_size:
+            client.replies.popleft()
+            log.warning("client %s: reply queue full, dropped the oldest reply", client.peer)
+        client.replies.append(raw)
 
     def _pack(self, message: m.MessageBase) -> bytes:
         message.header_version = self.config.header_version

@@ -261,7 +261,7 @@ def render(state: TargetState, output_frame: str, T_device_from_ct: RigidTransfo
     tdata = b""
     if valid:
         tdata_elements = []
-        point_xyz, point_names, point_groups, point_diam = [], [], [], []
+        point_xyz, point_names, point_groups, point_radius = [], [], [], []
         for t in state.targets:
             pose = target_pose(t, output_frame, T_device_from_ct)
             add(m.TransformMessage(pose, timestamp=ts,
@@ -275,9 +275,10 @@ def render(state: TargetState, output_frame: str, T_device_from_ct: RigidTransfo
             point_xyz += [entry, tgt]
             point_names += [f"{t.name}-Entry", f"{t.name}-Target"]
             point_groups += [t.name, t.name]
-            point_diam += [t.diameter_mm, t.diameter_mm]
+            point_radius += [t.diameter_mm / 2.0, t.diameter_mm / 2.0]
+        # the protocol's POINT field is a radius (igtl_point.h); pyigtl calls it "diameters"
         add(m.PointMessage(np.array(point_xyz), names=point_names, groups=point_groups,
-                           diameters=point_diam, owners=reference_name, timestamp=ts,
+                           diameters=point_radius, owners=reference_name, timestamp=ts,
                            device_name=POINTS_DEVICE))
         add(m.StatusMessage(m.STATUS_OK, 0, "", f"{state.state}: targets valid",
                             timestamp=ts, device_name=STATUS_DEVICE))
