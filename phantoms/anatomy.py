@@ -195,6 +195,12 @@ class HipModel:
         # bounding boxes (anatomy frame) to skip far points cheaply
         pts_f = np.array([self.H, self.J, self.shaft_top, self.shaft_bottom, self.gt_centre, self.lt_centre])
         self.femur_box = (pts_f.min(0) - 30.0, pts_f.max(0) + 30.0)
+        # conservative bounding ball of head, neck and trochanters (smooth unions add < 3 mm)
+        prox = np.array([self.H, self.J, self.gt_centre, self.lt_centre, self.shaft_top])
+        self.prox_centre = prox.mean(0)
+        reach = [self.r_head, p["neck_radius_mm"], float(self.gt_radii.max()), p["lesser_trochanter_radius_mm"],
+                 p["shaft_radius_mm"]]
+        self.prox_radius = float(max(np.linalg.norm(q - self.prox_centre) + r for q, r in zip(prox, reach, strict=True))) + 6.0
         r_out = self.r_head + p["joint_space_mm"] + p["acetabulum_wall_mm"] + 4.0
         boxes = [(self.H - r_out, self.H + r_out),
                  (self.ilium_centre - self.ilium_radii.max(), self.ilium_centre + self.ilium_radii.max())]
@@ -291,6 +297,10 @@ class HipModel:
         # femur
         sel = np.flatnonzero(_in_box(x_femur, self.femur_box))
         if sel.size:
+            near = sdf.sphere(x_femur[sel], self.prox_centre, self.prox_radius) < 0
+            near |= sdf.capsule(x_femur[sel], self.shaft_top, self.shaft_bottom, self.params["shaft_radius_mm"] + 10.0) < 0
+            sel = sel[near]
+        if sel.size:
             xf = x_femur[sel]
             d_f = self.femur_sdf(xf)
             in_f = d_f < 0
@@ -308,7 +318,7 @@ class HipModel:
         return out
 
     # -- landmarks --------------------------------------------------------------------
-    def lesion_centroid_and_volume(self, step_mm: float = 0.4) -> tuple[F64, float]:
+    def lesion_centroid_and_volume(self, step_mm: float = 0.5) -> tuple[F64, float]:
         """Centroid (LPS mm) and volume (mm^3) of the lesion, integrated on a fine grid."""
         key = ("lesion", step_mm)
         if key not in self._cache:

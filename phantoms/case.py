@@ -181,9 +181,10 @@ def make_case(seed: int, preset: str = "small", modalities: tuple[str, ...] | li
         ct, labels_ct = render_ct(model, grid, view, ct_p, r_noise)
     fluoro = None
     if "fluoro" in mods:
-        from phantoms.fluoro import render_fluoro_views
+        from phantoms.fluoro import add_projected_landmarks, render_fluoro_views
 
-        fluoro = render_fluoro_views(model, view, pre, T_pelvis, r_fluoro)
+        fluoro = render_fluoro_views(model, view, pre, T_pelvis, r_fluoro, (ct_p["cortical_hu"], ct_p["trabecular_hu"]))
+        add_projected_landmarks(fluoro, {n: lm_ct[k] for k, n in enumerate(names)})
         params["fluoro"] = [v.geometry for v in fluoro]
     params["generation_seconds"] = time.perf_counter() - t0
     log.info("phantom seed %d (%s) generated in %.2f s", seed, preset, params["generation_seconds"])

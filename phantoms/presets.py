@@ -45,11 +45,11 @@ class Preset:
     soft_tissue_deform_mm: float = 5.0
     # fluoroscopy
     fluoro_views: tuple[str, ...] = ("ap", "lateral")
-    fluoro_detector_px: tuple[int, int] = (96, 96)
-    fluoro_pixel_mm: float = 2.0  # at the detector
+    fluoro_detector_px: tuple[int, int] = (80, 80)
+    fluoro_pixel_mm: float = 2.4  # at the detector
     fluoro_sdd_mm: float = 1000.0
     fluoro_sad_mm: float = 600.0
-    fluoro_step_mm: float = 1.5
+    fluoro_step_mm: float = 2.0
     fluoro_photons: float = 2.0e4
     # lesion variant (None = random by seed)
     lesion_size: str | None = None

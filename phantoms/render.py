@@ -87,7 +87,7 @@ class SampledCodes:
 
     def labels(self, view: int = 0) -> NDArray[np.uint8]:
         """Label map (0 bg, 1 femur, 2 necrosis, 3 pelvis): at boundary voxels the label whose
-        volume fraction is >= 0.5 (necrosis counted inside the femur)."""
+        volume fraction is > 0.5, ties going to the centre's label (necrosis counted inside the femur)."""
         lut = label_lut()
         out = lut[self.centre[view]].copy()
         if self.boundary.size:
@@ -95,12 +95,18 @@ class SampledCodes:
             nec = np.isin(s, NECROSIS_CODES).mean(axis=1)
             fem = (lut[s] == 1).mean(axis=1) + nec
             pel = np.isin(s, PELVIS_CODES).mean(axis=1)
+            centre = out.ravel()[self.boundary]
             lab = np.zeros(s.shape[0], dtype=np.uint8)
-            lab[pel >= 0.5] = 3
-            lab[fem >= 0.5] = 1
-            lab[nec >= 0.5] = 2
+            # majority per label; an exact tie (fraction 0.5) keeps the voxel centre's label
+            for value, frac in ((3, pel), (1, fem), (2, nec)):
+                lab[(frac > 0.5) | ((frac == 0.5) & _member(centre, value))] = value
             out.ravel()[self.boundary] = lab
         return out
+
+
+def _member(labels: NDArray[np.uint8], value: int) -> NDArray[np.bool_]:
+    """Whether a voxel labelled ``labels`` counts as ``value`` (necrosis counts as femur)."""
+    return (labels == value) | ((value == 1) & (labels == 2))
 
 
 def sample_codes(image: sitk.Image, views: Sequence[View], subsample: Sequence[int]) -> SampledCodes:

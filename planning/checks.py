@@ -2,7 +2,8 @@
 
 Rules (each violation names the trajectory, the rule and the distance):
 
-* ``in_field_of_view`` -- entry and target lie inside the image;
+* ``in_field_of_view`` -- entry and target lie inside the image, ``fov_margin_mm`` from its
+  edges (a femur cut by the field of view has no cortex there);
 * ``target_in_lesion`` -- the target lies in the necrotic lesion;
 * ``path_in_femur`` -- the path enters the femur within ``entry_tolerance_mm`` of the
   planned entry and stays in it until the target;
@@ -137,10 +138,13 @@ def trajectory_violations(
         out.append(Violation(name, rule, float(value), float(limit), unit, message))
 
     if labels is not None:
-        inside = contains_points(labels, np.array([traj.entry_lps, traj.target_lps]))
+        pts = np.array([traj.entry_lps, traj.target_lps])
+        inside = contains_points(labels, pts, margin_mm=margins.fov_margin_mm)
         for ok, what in zip(inside, ("entry", "target"), strict=True):
             if not ok:
-                add("in_field_of_view", float("nan"), 0.0, "mm", f"the {what} lies outside the image")
+                add("in_field_of_view", float("nan"), margins.fov_margin_mm, "mm",
+                    f"the {what} lies outside the image or within {margins.fov_margin_mm:g} mm of its edge; "
+                    "expected it inside the field of view")
     if fig.target_lesion_sdf_mm > 0.0:
         add("target_in_lesion", fig.target_lesion_sdf_mm, 0.0, "mm",
             f"the target is {_fmt(fig.target_lesion_sdf_mm)} mm outside the lesion; expected inside it")

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from navsvc.errors import InputError, PlanError
-from navsvc.frames import MRI, check_igtl_device_name
+from navsvc.frames import check_igtl_device_name
 from navsvc.transforms import write_json_atomic
 
 SCHEMA = "navsvc.plan"
@@ -85,15 +85,18 @@ class Margins(_Model):
       and the clearance rule does not apply;
     * ``entry_tolerance_mm``: how far the planned entry may lie from the bone surface;
     * ``max_entry_angle_deg``: largest angle between the entry's surface normal and lateral;
-    * ``lesion_reach_mm``: lesion within this distance of a tract counts as reached.
+    * ``lesion_reach_mm``: lesion within this distance of a tract counts as reached;
+    * ``fov_margin_mm``: entry and target keep this distance from the image's edges (where a
+      femur cut by the field of view has no real cortex).
     """
 
-    cortical_clearance_mm: float = Field(3.0, ge=0.0, le=20.0)
-    articular_margin_mm: float = Field(5.0, ge=0.0, le=30.0)
-    entry_zone_mm: float = Field(10.0, ge=0.0, le=40.0)
-    entry_tolerance_mm: float = Field(5.0, gt=0.0, le=30.0)
-    max_entry_angle_deg: float = Field(60.0, gt=0.0, le=90.0)
-    lesion_reach_mm: float = Field(10.0, gt=0.0, le=50.0)
+    cortical_clearance_mm: float = Field(default=3.0, ge=0.0, le=20.0)
+    articular_margin_mm: float = Field(default=5.0, ge=0.0, le=30.0)
+    entry_zone_mm: float = Field(default=10.0, ge=0.0, le=40.0)
+    entry_tolerance_mm: float = Field(default=5.0, gt=0.0, le=30.0)
+    max_entry_angle_deg: float = Field(default=60.0, gt=0.0, le=90.0)
+    lesion_reach_mm: float = Field(default=10.0, gt=0.0, le=50.0)
+    fov_margin_mm: float = Field(default=5.0, ge=0.0, le=50.0)
 
 
 class Trajectory(_Model):
@@ -108,7 +111,7 @@ class Trajectory(_Model):
     entry_lps: Vec3
     target_lps: Vec3
     diameter_mm: float = Field(gt=0.5, le=15.0)
-    depth_mm: float = Field(0.0, ge=0.0)
+    depth_mm: float = Field(default=0.0, ge=0.0)
 
     @field_validator("name")
     @classmethod
@@ -179,11 +182,11 @@ class LesionSummary(_Model):
 class Plan(_Model):
     """A core-decompression plan (see the module docstring)."""
 
-    schema_: Literal["navsvc.plan"] = Field(SCHEMA, alias="schema")
+    schema_: Literal["navsvc.plan"] = Field(default="navsvc.plan", alias="schema")
     schema_version: int = SCHEMA_VERSION
     case_id: str
     side: Literal["left", "right"]
-    frame: Literal["mri"] = MRI
+    frame: Literal["mri"] = "mri"
     images: tuple[ImageRef, ...] = ()
     labels: dict[str, int] = Field(default_factory=lambda: {"femur": 1, "necrosis": 2, "pelvis": 3})
     lesion: LesionSummary | None = None

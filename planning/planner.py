@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,8 +36,14 @@ from scipy.spatial import cKDTree
 
 from navsvc import __version__
 from navsvc.errors import ConfigError, PlanError
-from navsvc.imaging import LabelSpec, check_geometry, check_label_map, check_same_grid
-from navsvc.progress import ProgressFn, no_progress
+from navsvc.imaging import (
+    LabelSpec,
+    check_geometry,
+    check_label_map,
+    check_same_grid,
+    contains_points,
+)
+from navsvc.progress import CancelToken, ProgressFn, no_progress
 from planning.checks import check_plan, trajectory_violations
 from planning.geometry import (
     DEFAULT_SPEC,
@@ -72,6 +79,7 @@ class PlannerOptions:
     entry_tolerance_mm: float = 5.0
     max_entry_angle_deg: float = 60.0
     lesion_reach_mm: float = 10.0
+    fov_margin_mm: float = 5.0
     max_path_length_mm: float = 160.0
     min_target_spacing_mm: float = 4.0
     direction_samples: int = 2000
@@ -107,6 +115,7 @@ class PlannerOptions:
                 entry_tolerance_mm=self.entry_tolerance_mm,
                 max_entry_angle_deg=self.max_entry_angle_deg,
                 lesion_reach_mm=self.lesion_reach_mm,
+                fov_margin_mm=self.fov_margin_mm,
             )
         except ValueError as exc:  # pydantic.ValidationError is a ValueError
             raise ConfigError(f"planner margins: {exc}") from exc
@@ -173,6 +182,7 @@ def _rays(fields: BoneFields, anatomy: FemurAnatomy, target: NDArray[np.float64]
     good = (cos_lat >= np.cos(np.deg2rad(opts.max_entry_angle_deg)) + 0.02)
     good &= anatomy.level_mm(entries) <= anatomy.trochanter_level_mm - _SEARCH_SLACK_MM
     good &= anatomy.lateral_offset_mm(entries) > _SEARCH_SLACK_MM
+    good &= contains_points(fields.labels, entries, margin_mm=opts.fov_margin_mm + _SEARCH_SLACK_MM)
     return [_Ray(directions[i], entries[j], float(length[i]), float(clearance[i]), float(score[i]))
             for j, i in enumerate(idx) if good[j]]
 
@@ -195,8 +205,7 @@ def _search_path(fields: BoneFields, anatomy: FemurAnatomy, target: NDArray[np.f
         return None
     spacing_deg = math.degrees(math.sqrt(4 * math.pi / opts.direction_samples))
     fine = _rays(fields, anatomy, target, cone_directions(coarse.direction, 1.5 * spacing_deg, 300), opts)
-    best = _pick(fine + [coarse])
-    assert best is not None  # coarse is feasible
+    best = _pick(fine + [coarse]) or coarse
     traj = Trajectory(name=name, entry_lps=tuple(best.entry_lps), target_lps=tuple(target),  # type: ignore[arg-type]
                       diameter_mm=opts.diameter_mm)
     return traj if _meets_rules(fields, anatomy, traj, margins) else None
@@ -247,16 +256,18 @@ def _spread(ordered: NDArray[np.float64], min_spacing_mm: float, limit: int) -> 
 
 def _plan_one(fields: BoneFields, anatomy: FemurAnatomy, targets: list[NDArray[np.float64]],
               opts: PlannerOptions, margins: Margins, name: str,
-              fan_entry: NDArray[np.float64] | None = None) -> Trajectory | None:
+              fan_entry: NDArray[np.float64] | None = None,
+              check: Callable[[], None] = lambda: None) -> Trajectory | None:
     for target in targets:
+        check()
         if fan_entry is not None:
-            traj = Trajectory(name=name, entry_lps=tuple(fan_entry), target_lps=tuple(target),  # type: ignore[arg-type]
-                              diameter_mm=opts.diameter_mm)
-            if _meets_rules(fields, anatomy, traj, margins):
-                return traj
-        traj = _search_path(fields, anatomy, target, opts, margins, name)
-        if traj is not None:
-            return traj
+            fanned = Trajectory(name=name, entry_lps=tuple(fan_entry), target_lps=tuple(target),  # type: ignore[arg-type]
+                                diameter_mm=opts.diameter_mm)
+            if _meets_rules(fields, anatomy, fanned, margins):
+                return fanned
+        searched = _search_path(fields, anatomy, target, opts, margins, name)
+        if searched is not None:
+            return searched
     return None
 
 
@@ -277,14 +288,17 @@ def plan_automatic(
     seg_path: str | None = None,
     case_id: str | None = None,
     progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
 ) -> Plan:
     """Plan core decompression on an MRI and its segmentation (same grid); see the module doc.
 
     Returns a :class:`Plan` (``source="auto"``) whose trajectories pass every rule of
     :func:`planning.checks.check_plan`; ``plan.planner["figures"]`` holds the path lengths,
     minimum cortical clearances and the fraction of the lesion within reach of the tracts.
-    Raises :class:`PlanError` when no path meets the rules, input errors for bad images.
+    Raises :class:`PlanError` when no path meets the rules, input errors for bad images,
+    :class:`~navsvc.errors.Cancelled` when ``cancel`` is set (checked between targets).
     """
+    check = cancel.check if cancel is not None else (lambda: None)
     check_geometry(mri, "MRI")
     check_label_map(labels, spec, ("femur", "necrosis"), "segmentation")
     check_same_grid(mri, labels, "MRI", "segmentation")
@@ -299,7 +313,7 @@ def plan_automatic(
     trajectories: list[Trajectory] = []
     if options.n_drills == 1:
         targets = _spread(ordered, 2.0, 12)
-        traj = _plan_one(fields, anatomy, targets, options, margins, "Drill1")
+        traj = _plan_one(fields, anatomy, targets, options, margins, "Drill1", check=check)
         if traj is not None:
             trajectories.append(traj)
     else:
@@ -319,7 +333,7 @@ def plan_automatic(
             taken = [np.asarray(t.target_lps) for t in trajectories]
             pool = [p for p in _spread(members, 2.0, 8)
                     if all(np.linalg.norm(p - q) >= options.min_target_spacing_mm for q in taken)]
-            traj = _plan_one(fields, anatomy, pool, options, margins, f"Drill{i + 1}", fan_entry)
+            traj = _plan_one(fields, anatomy, pool, options, margins, f"Drill{i + 1}", fan_entry, check)
             if traj is not None:
                 trajectories.append(traj)
                 fan_entry = np.asarray(trajectories[0].entry_lps) if fan_entry is None else fan_entry

@@ -135,3 +135,19 @@ def test_planner_refuses_what_it_cannot_plan():
     other = make_image(np.zeros((5, 6, 7), np.float32) + np.arange(7), (1.0, 1.0, 1.0))
     with pytest.raises(InvalidImageError, match="segmentation must be on the grid of MRI"):
         plan_automatic(other, f.labels)
+
+
+def test_planner_reports_progress_and_can_be_cancelled():
+    from navsvc.errors import Cancelled
+    from navsvc.progress import CancelToken
+
+    f = cached_analytic_femur("right", 5.0, 14.0, 1)
+    reports = []
+    plan_automatic(f.mri, f.labels, progress=lambda stage, frac, msg: reports.append((stage, frac, msg)))
+    fractions = [r[1] for r in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("right femur" in r[2] for r in reports)
+    token = CancelToken()
+    token.cancel("technician pressed stop")
+    with pytest.raises(Cancelled, match="technician pressed stop"):
+        plan_automatic(f.mri, f.labels, cancel=token)
