@@ -362,7 +362,7 @@ class HipModel:
             self.femur_sdf, self.gt_centre, self.gt_centre + 60.0 * self.lat)[0]
         pts["lesser_trochanter"] = sdf.find_surface(
             self.femur_sdf, self.lt_centre, self.lt_centre + 40.0 * self.lt_dir)[0]
-        for level in (90.0, 130.0):
+        for level in (30.0, 60.0):  # below the neck-shaft junction, inside the MRI field of view
             c = self.J + level * self.distal
             pts[f"shaft_lateral_{int(level)}"] = sdf.find_surface(self.femur_sdf, c, c + 40.0 * self.lat)[0]
         structure = dict.fromkeys(pts, "femur")

@@ -74,13 +74,16 @@ class SampledCodes:
     sub: list[NDArray[np.uint8]]
 
     def channel(self, luts: Sequence[NDArray[np.float64]]) -> NDArray[np.float32]:
-        """Sum over views of ``lut_v[code]``, averaged over sub-voxel points (partial volume)."""
+        """Sum over views of ``lut_v[code]``, averaged over sub-voxel points (partial volume).
+        ``luts[v]`` goes with view v; views beyond ``len(luts)`` are not used."""
+        if not 0 < len(luts) <= len(self.centre):
+            raise ValueError(f"expected 1..{len(self.centre)} lookup tables, got {len(luts)}")
         out = np.zeros(self.centre[0].shape, dtype=np.float64)
-        for lut, c in zip(luts, self.centre, strict=True):
+        for lut, c in zip(luts, self.centre[: len(luts)], strict=True):
             out += lut[c]
         if self.boundary.size:
             pv = np.zeros(self.boundary.size, dtype=np.float64)
-            for lut, s in zip(luts, self.sub, strict=True):
+            for lut, s in zip(luts, self.sub[: len(luts)], strict=True):
                 pv += lut[s].mean(axis=1)
             out.ravel()[self.boundary] = pv
         return out.astype(np.float32)

@@ -36,7 +36,8 @@ def ellipsoid(p: F64, centre: F64, axes: F64, radii_mm: F64) -> F64:
     q = (p - centre) @ axes.T  # coordinates along the ellipsoid's axes
     k0 = norm(q / radii_mm)
     k1 = norm(q / radii_mm**2)
-    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-12)
+    safe = k1 > 1e-9  # at the very centre the bound is 0/0: the distance there is -min(radii)
+    return np.where(safe, k0 * (k0 - 1.0) / np.where(safe, k1, 1.0), -float(np.min(radii_mm)))
 
 
 def elliptic_cylinder_z(p: F64, centre_xy: F64, semi_axes_mm: F64) -> F64:
@@ -77,14 +78,12 @@ def find_surface(f, inside: F64, outside: F64, iterations: int = 50) -> F64:  # 
     """
     a = np.atleast_2d(np.asarray(inside, dtype=np.float64)).copy()
     b = np.atleast_2d(np.asarray(outside, dtype=np.float64)).copy()
-    fa, fb = f(a), f(b)
-    if np.any(np.sign(fa) == np.sign(fb)):
+    neg_a = f(a) < 0
+    if np.any(neg_a == (f(b) < 0)):
         raise ValueError("find_surface: a point pair does not bracket the surface")
     for _ in range(iterations):
         m = 0.5 * (a + b)
-        fm = f(m)
-        same = np.sign(fm) == np.sign(fa)
+        same = (f(m) < 0) == neg_a
         a[same] = m[same]
-        fa[same] = fm[same]
         b[~same] = m[~same]
     return 0.5 * (a + b)
