@@ -104,6 +104,12 @@ def test_flow_approve_streams_targets_and_withdrawals(svc) -> None:
     assert state.targets[0].diameter_mm == pytest.approx(3.2)
     case = viewer.call("GetCase", pb.GetCaseRequest(case_id=case_id))
     assert case.active and case.approved_registration_id == reg.registration_id
+    # result files can be fetched by any role, hash-checked
+    server_dir = app.store.result_dir(case_id, reg.registration_id)
+    got = viewer.fetch_result(reg.registration_id, "T_ct_from_mri.h5", app.store.data_dir.parent / "fetched")
+    assert got.read_bytes() == (server_dir / "T_ct_from_mri.h5").read_bytes()
+    assert _code(lambda: viewer.fetch_result(reg.registration_id, "../navsvc.sqlite3", app.store.data_dir.parent)) \
+        == grpc.StatusCode.NOT_FOUND
 
     # a new registration of the active case withdraws the targets at once
     gate = threading.Event()
@@ -284,6 +290,8 @@ def test_concurrent_clients_while_registration_runs_and_cancel(tmp_path: Path) -
         assert [e.stage for e in events[:3]] == ["queued", "start", "rigid"]
         assert tech.call("GetRegistration", pb.GetRegistrationRequest(
             registration_id=reg.registration_id)).state == pb.CANCELLED
+        assert _code(lambda: tech.fetch_result(reg.registration_id, "qa.json", tmp_path)) == \
+            grpc.StatusCode.FAILED_PRECONDITION
         assert not list((app.store.data_dir / "cases" / case_id / "registrations").iterdir())
     finally:
         gate.set()

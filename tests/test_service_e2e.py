@@ -71,6 +71,10 @@ def test_technician_cli_with_real_planning(tmp_path: Path, phantom_plan: dict[st
         assert code == 0 and "ACTIVE" in out and "Drill1" in out
         code, out, _ = _cli(capsys, port, "viewer", "status", reg_id)
         assert code == 0 and "QA PASS" in out
+        code, out, _ = _cli(capsys, port, "viewer", "fetch", reg_id, "--out", str(tmp_path / "fetched"))
+        assert code == 0 and {Path(x).name for x in out.split()} == {"T_ct_from_mri.h5", "T_ct_from_mri.h5.json",
+                                                                      "qa.json"}
+        assert json.loads((tmp_path / "fetched" / "qa.json").read_text())["verdict"] == "PASS"
         code, _, err = _cli(capsys, port, "viewer", "status", "reg-unknown")
         assert code == 9 and "unknown registration" in err
         code, out, _ = _cli(capsys, port, "technician", "calibrate", case_id, "--matrix",

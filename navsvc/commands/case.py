@@ -73,6 +73,13 @@ def add_parser(sub: Any) -> None:
     c.add_argument("id", nargs="?", help="a case id or registration id")
     c.set_defaults(func=run, action=_status)
 
+    c = cmds.add_parser("fetch", help="download a registration's result files (QA picture, transforms, ...)")
+    c.add_argument("registration_id")
+    c.add_argument("names", nargs="*", help="file names (default: all; see `fetch REG --list`)")
+    c.add_argument("--out", type=Path, default=Path("."), help="folder to write into (default: here)")
+    c.add_argument("--list", action="store_true", help="only list the available files")
+    c.set_defaults(func=run, action=_fetch)
+
     c = cmds.add_parser("calibrate", help="set T_device_from_ct of a case")
     c.add_argument("case_id")
     g = c.add_mutually_exclusive_group(required=True)
@@ -263,6 +270,19 @@ def _status(client: Any, args: argparse.Namespace) -> int:
         c = client.call("GetCase", pb.GetCaseRequest(case_id=args.id))
         _out(args, c, f"{c.case_id} {c.label!r}: plan={c.plan_id or '-'} registration={c.registration_id or '-'} "
                       f"active={c.active} calibration={c.calibration_id or '-'}\n" + describe_targets(targets))
+    return 0
+
+
+def _fetch(client: Any, args: argparse.Namespace) -> int:
+    from navsvc.server.pb import navsvc_pb2 as pb
+
+    listing = next(iter(client.stream("GetResultFile", pb.GetResultFileRequest(
+        registration_id=args.registration_id), timeout_s=60)))
+    if args.list:
+        _out(args, listing, "\n".join(listing.available))
+        return 0
+    written = [client.fetch_result(args.registration_id, name, args.out) for name in (args.names or listing.available)]
+    sys.stdout.write("\n".join(str(p) for p in written) + "\n")
     return 0
 
 

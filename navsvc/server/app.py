@@ -77,7 +77,8 @@ class App:
                                   interceptors=[AuthInterceptor(self.auth, self._audit_denied)], options=opts,
                                   maximum_concurrent_rpcs=config.server.max_workers * 2)
         navsvc_pb2_grpc.add_NavigationServicer_to_server(
-            NavigationServicer(self.service, self.auth, config.igtl.refresh_hz, config.server.max_streams),
+            NavigationServicer(self.service, self.auth, config.igtl.refresh_hz, config.server.max_streams,
+                               config.server.max_message_bytes),
             self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -52,6 +52,7 @@ REQUIRED_ROLE: dict[str, str] = {
     "CancelRegistration": "technician",
     "ApproveRegistration": "surgeon",
     "RejectRegistration": "surgeon",
+    "GetResultFile": "viewer",
     "SetCalibration": "technician",
     "StreamTargets": "viewer",
     "GetTargets": "viewer",

@@ -78,6 +78,35 @@ class NavClient:
             return pb.FileRef(server_path=str(path))
         return pb.FileRef(upload_id=self.upload(case_id, path).upload_id)
 
+    def fetch_result(self, registration_id: str, name: str, out_dir: str | os.PathLike[str]) -> Path:
+        """Download a result file of a registration into ``out_dir`` (atomically), checking its
+        size and SHA-256; returns its path."""
+        from navsvc.errors import InputError
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stream = self.stream("GetResultFile", pb.GetResultFileRequest(registration_id=registration_id, name=name),
+                             timeout_s=600)
+        local = Path(name).name  # never write outside out_dir, whatever the name
+        tmp = out / f".{local}.part"
+        h = hashlib.sha256()
+        size, sha = -1, ""
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in stream:
+                    if chunk.name:
+                        size, sha = chunk.size_bytes, chunk.sha256_hex
+                    h.update(chunk.data)
+                    fh.write(chunk.data)
+            if tmp.stat().st_size != size or h.hexdigest() != sha:
+                raise InputError(f"{name}: received {tmp.stat().st_size} bytes with SHA-256 {h.hexdigest()[:12]}..., "
+                                 f"expected {size} bytes and {sha[:12]}...; fetch it again")
+            dst = out / local
+            os.replace(tmp, dst)
+            return dst
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def close(self) -> None:
         self.channel.close()
 

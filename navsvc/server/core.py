@@ -27,6 +27,7 @@ from navsvc.errors import (
     Cancelled,
     InputError,
     NavError,
+    NotFound,
     PermissionDenied,
     PreconditionFailed,
     ResourceExhausted,
@@ -285,6 +286,21 @@ class NavService:
         self.store.set_registration_state(reg_id, state, error)
         self.store.audit(SYSTEM.name, SYSTEM.role, f"registration.{state}", case_id, reg_id, error=error)
         run.emit(_event(self.store.get_registration(reg_id), "done", 1.0, error), final=True)
+
+    def result_file(self, reg_id: str, name: str) -> tuple[Path | None, list[str], str]:
+        """(path, available names, SHA-256) of a result file of a finished registration; path is
+        None when ``name`` is empty (listing only). The file is checked against its hash."""
+        reg = self.store.get_registration(reg_id)
+        files: dict[str, str] = reg["result_files"] or {}
+        if not files:
+            raise PreconditionFailed(f"registration {reg_id} is {reg['state']} and has no result files")
+        available = sorted(files)
+        if not name:
+            return None, available, ""
+        if name not in files:
+            raise NotFound(f"registration {reg_id} has no result file {name!r}; it has {available}")
+        self.store.verify_result_files(reg_id)
+        return self.store.data_dir / reg["result_relpath"] / name, available, files[name]
 
     def get_registration(self, reg_id: str) -> dict[str, Any]:
         return self.store.get_registration(reg_id)

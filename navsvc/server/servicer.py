@@ -95,8 +95,10 @@ def target_state_pb(s: TargetSnapshot) -> pb.TargetState:
 
 
 class NavigationServicer(pb_grpc.NavigationServicer):
-    def __init__(self, service: NavService, auth: Authenticator, refresh_hz: float, max_streams: int) -> None:
+    def __init__(self, service: NavService, auth: Authenticator, refresh_hz: float, max_streams: int,
+                 max_message_bytes: int = 4 << 20) -> None:
         self.svc = service
+        self.max_message_bytes = max_message_bytes
         self.auth = auth
         self.refresh_s = 1.0 / refresh_hz
         self.max_streams = max_streams
@@ -185,6 +187,27 @@ class NavigationServicer(pb_grpc.NavigationServicer):
                            context: grpc.ServicerContext) -> pb.Registration:
         r = self.svc.reject(self._who(context), request.registration_id, request.reason)
         return registration_pb(r, self.svc.store.data_dir)
+
+    def GetResultFile(self, request: pb.GetResultFileRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
+        path, available, sha = self.svc.result_file(request.registration_id, request.name)
+        if path is None:
+            yield pb.FileChunk(available=available)
+            return
+        size = path.stat().st_size
+        chunk_bytes = max(1024, self.max_message_bytes // 2)
+        with open(path, "rb") as fh:
+            first = True
+            while True:
+                data = fh.read(chunk_bytes)
+                if first:
+                    yield pb.FileChunk(name=request.name, size_bytes=size, sha256_hex=sha, data=data,
+                                       available=available)
+                    first = False
+                elif data:
+                    yield pb.FileChunk(data=data)
+                if not data:
+                    return
 
     def SetCalibration(self, request: pb.SetCalibrationRequest, context: grpc.ServicerContext) -> pb.Calibration:
         which = request.WhichOneof("source")

@@ -302,6 +302,28 @@ class RejectRegistrationRequest(_message.Message):
     reason: str
     def __init__(self, registration_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class GetResultFileRequest(_message.Message):
+    __slots__ = ("registration_id", "name")
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    registration_id: str
+    name: str
+    def __init__(self, registration_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("name", "size_bytes", "sha256_hex", "data", "available")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_HEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size_bytes: int
+    sha256_hex: str
+    data: bytes
+    available: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256_hex: _Optional[str] = ..., data: _Optional[bytes] = ..., available: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class FiducialPair(_message.Message):
     __slots__ = ("name", "ct_lps", "device")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -89,6 +89,11 @@ class NavigationStub:
                 request_serializer=navsvc_dot_v1_dot_navsvc__pb2.RejectRegistrationRequest.SerializeToString,
                 response_deserializer=navsvc_dot_v1_dot_navsvc__pb2.Registration.FromString,
                 _registered_method=True)
+        self.GetResultFile = channel.unary_stream(
+                '/navsvc.v1.Navigation/GetResultFile',
+                request_serializer=navsvc_dot_v1_dot_navsvc__pb2.GetResultFileRequest.SerializeToString,
+                response_deserializer=navsvc_dot_v1_dot_navsvc__pb2.FileChunk.FromString,
+                _registered_method=True)
         self.SetCalibration = channel.unary_unary(
                 '/navsvc.v1.Navigation/SetCalibration',
                 request_serializer=navsvc_dot_v1_dot_navsvc__pb2.SetCalibrationRequest.SerializeToString,
@@ -185,6 +190,14 @@ class NavigationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetResultFile(self, request, context):
+        """A result file of a finished registration (QA picture, qa.json, transforms, lesion in CT),
+        in chunks; the first chunk names the file and carries its size and SHA-256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetCalibration(self, request, context):
         """Device calibration T_device_from_ct of a case.
         """
@@ -270,6 +283,11 @@ def add_NavigationServicer_to_server(servicer, server):
                     servicer.RejectRegistration,
                     request_deserializer=navsvc_dot_v1_dot_navsvc__pb2.RejectRegistrationRequest.FromString,
                     response_serializer=navsvc_dot_v1_dot_navsvc__pb2.Registration.SerializeToString,
+            ),
+            'GetResultFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetResultFile,
+                    request_deserializer=navsvc_dot_v1_dot_navsvc__pb2.GetResultFileRequest.FromString,
+                    response_serializer=navsvc_dot_v1_dot_navsvc__pb2.FileChunk.SerializeToString,
             ),
             'SetCalibration': grpc.unary_unary_rpc_method_handler(
                     servicer.SetCalibration,
@@ -589,6 +607,33 @@ class Navigation:
             '/navsvc.v1.Navigation/RejectRegistration',
             navsvc_dot_v1_dot_navsvc__pb2.RejectRegistrationRequest.SerializeToString,
             navsvc_dot_v1_dot_navsvc__pb2.Registration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResultFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/navsvc.v1.Navigation/GetResultFile',
+            navsvc_dot_v1_dot_navsvc__pb2.GetResultFileRequest.SerializeToString,
+            navsvc_dot_v1_dot_navsvc__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,
