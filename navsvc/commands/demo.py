@@ -20,8 +20,8 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "demo", help="run the whole flow on a generated phantom with embedded defaults",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("navsvc-demo"),
-                   help="folder for the phantom, the service's data and the summary (default ./navsvc-demo)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"),
+                   help="folder for the phantom, the service's data and the summary (default ./demo-out)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     p.add_argument("--preset", default="small", help="phantom preset (default small)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
