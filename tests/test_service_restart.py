@@ -33,13 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 def _start(config: Path, ports_file: Path) -> tuple[subprocess.Popen, dict]:
     ports_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "navsvc.cli", "serve", "--config", str(config),
-                             "--ports-file", str(ports_file)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = ports_file.with_suffix(f".{time.monotonic_ns()}.log")  # a file: a full pipe would block the server
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "navsvc.cli", "serve", "--log-json", "--config", str(config),
+                                 "--ports-file", str(ports_file)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 60
     while not ports_file.exists():  # written atomically once the server is serving
         if proc.poll() is not None:
-            raise AssertionError(f"serve exited with {proc.returncode}: {proc.stderr.read().decode()}")
+            raise AssertionError(f"serve exited with {proc.returncode}: {log.read_text()}")
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("serve did not start within 60 s")
