@@ -437,7 +437,7 @@ def test_health_goes_not_serving_on_shutdown(tmp_path: Path) -> None:
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="navsvc.v1.Navigation"),
                                                       timeout=20)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-    stopper = threading.Thread(target=app.stop, kwargs={"grace_s": 2.0})
+    stopper = threading.Thread(target=app.stop, kwargs={"grace_s": 0.5})
     stopper.start()
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     stopper.join(20)

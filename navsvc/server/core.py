@@ -240,6 +240,7 @@ class NavService:
             mri_path=self.store.get_file(plan["mri_file"]).path,
             labels_path=self.store.get_file(plan["labels_file"]).path,
             ct_path=ct_f.path, options=opts, trajectories=plan["trajectories"],
+            plan_path=self.store.get_file(plan["plan_file"]).path,
         )
         self._pool.submit(self._work, reg_id, case_id, inp, run)
         return reg

@@ -68,6 +68,7 @@ class RegistrationInput:
     ct_path: Path
     options: dict[str, Any]
     trajectories: list[dict[str, Any]]
+    plan_path: Path | None = None  # its label values (femur, necrosis, pelvis) go to the registration
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,12 @@ def run_registration(inp: RegistrationInput, out_dir: Path, progress: ProgressFn
         from navsvc.registration import register_mri_to_ct, write_result
     except ImportError as exc:
         raise _missing("registration", exc) from exc
-    options = _registration_options(inp.options)
+    opts = dict(inp.options)
+    if inp.plan_path is not None and "labels" not in opts:
+        from planning import load_plan
+
+        opts["labels"] = LabelSpec(**load_plan(inp.plan_path, verify_hashes=False).labels)
+    options = _registration_options(opts)
     mri = read_image(inp.mri_path, "MRI")
     labels = read_label_map(inp.labels_path, options.labels, name="segmentation")
     ct = read_image(inp.ct_path, "CT")
