@@ -104,3 +104,16 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["registration_id"] == result.registration_id
     assert np.isfinite(summary["timings_s"]["total_s"])
+
+
+def test_cli_reports_a_missing_local_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service_support import start_service
+
+    app, port = start_service(tmp_path)
+    try:
+        code, out, _ = _cli(capsys, port, "technician", "create")
+        code, _, err = _cli(capsys, port, "technician", "load-plan", out.strip(), "--plan", str(tmp_path / "no.json"),
+                            "--mri", "a", "--labels", "b")
+        assert code == 2 and "local file not found" in err and "no.json" in err
+    finally:
+        app.stop(0)

@@ -70,7 +70,14 @@ class NavClient:
         return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout_s)
 
     def upload(self, case_id: str, path: str | os.PathLike[str], **kw: Any) -> pb.StoredFile:
-        return self.stub.Upload(upload_messages(case_id, Path(path), **kw), metadata=self.metadata, timeout=600)
+        """Upload a local file (chunked, SHA-256 declared up front); raises InputError when the
+        local file is missing."""
+        from navsvc.errors import InputError
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"local file not found: {p} (use --server-paths for files on the server)")
+        return self.stub.Upload(upload_messages(case_id, p, **kw), metadata=self.metadata, timeout=600)
 
     def file_ref(self, case_id: str, path: str | os.PathLike[str], server_side: bool) -> pb.FileRef:
         """A reference to a file: its server-side path, or an upload of the local file."""
