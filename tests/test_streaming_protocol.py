@@ -111,3 +111,7 @@ def test_malformed_input_refused():
 def test_fixed_fields_refuse_overlong_names():
     with pytest.raises(StreamingError, match="holds 20"):
         m.StatusMessage(1, 0, "E" * 21, "x").pack()
+    with pytest.raises(StreamingError, match="'GET_TRANSFORM' is 13 bytes; the field holds 12"):
+        m.QueryMessage("GET_TRANSFORM", device_name="Drill1ToReference").pack()
+    with pytest.raises(StreamingError, match="device name .* holds 20"):
+        m.QueryMessage("GET_TRANS", device_name="Drill1ToVeryLongReference").pack()

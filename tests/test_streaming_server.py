@@ -12,7 +12,7 @@ import pyigtl
 import pytest
 from pyigtl.messages import CRC64
 
-from navsvc.errors import ConfigError, InputError, PreconditionFailed
+from navsvc.errors import ConfigError, InputError, PreconditionFailed, StreamingError
 from navsvc.frames import RAS_FROM_LPS_4x4
 from navsvc.streaming import IgtlClient, IgtlServer, StreamConfig, Target, TargetState
 from navsvc.streaming import messages as m
@@ -425,3 +425,36 @@ def test_raw_protocol_client_gets_exact_matrices_in_each_frame(frame):
         t, n, _ts, b = raw.message()
         assert (t, n) == ("STATUS", "NavStatus") and struct.unpack(">H", b[:2])[0] == m.STATUS_NOT_READY
         raw.sock.close()
+
+
+def test_connection_churn_leaves_no_clients_and_max_clients_is_enforced():
+    with IgtlServer(StreamConfig(port=0, refresh_hz=50.0, max_clients=3)) as srv:
+        for _ in range(30):                                   # connect, read a little, vanish
+            with IgtlClient("127.0.0.1", srv.port) as c:
+                c.receive(TIMEOUT_S)
+        assert srv.wait_for_clients(0, TIMEOUT_S)
+        keep = [IgtlClient("127.0.0.1", srv.port) for _ in range(3)]
+        assert srv.wait_for_clients(3, TIMEOUT_S)
+        extra = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT_S)
+        _expect_closed(extra)                                 # the fourth is refused
+        extra.close()
+        assert srv.refused_count == 1 and srv.client_count == 3
+        for c in keep:
+            c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            c.close()
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        srv = IgtlServer(StreamConfig(host="::1", port=0))
+        srv.start()
+    except StreamingError as exc:  # an environment without an IPv6 loopback
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    try:
+        with IgtlClient("::1", srv.port) as c:
+            msg, _ = c.receive_until(lambda x: x.message_type == "STRING", TIMEOUT_S)
+            assert json.loads(msg.string)["valid_target"] is False
+    finally:
+        srv.stop()

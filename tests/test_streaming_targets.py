@@ -84,6 +84,16 @@ def test_bringup_state_is_marked():
     assert status["bringup"] is True and "not from a registration" in status["warning"]
 
 
+def test_targets_and_states_compare_by_value():
+    a = Target("D", [0, 0, 0], [0, 0, 10], 3.0)
+    assert a == Target("D", np.array([0.0, 0, 0]), (0, 0, 10), 3) and hash(a) == hash(Target("D", [0, 0, 0], [0, 0, 10], 3.0))
+    assert a != Target("D", [0, 0, 0], [0, 0, 10.5], 3.0)
+    s1 = TargetState("r", "approved", "PASS", (a,), 5.0)
+    assert s1 == TargetState("r", "approved", "PASS", [a], 5.0) and s1 != TargetState.no_target("x", "r", 5.0)
+    with pytest.raises(ValueError, match="read-only"):
+        a.entry_lps[0] = 1.0
+
+
 def test_target_validation():
     with pytest.raises(InputError, match="diameter_mm"):
         Target("D", [0, 0, 0], [0, 0, 10], 0.0)

@@ -110,7 +110,16 @@ def _matrix_from12(values: tuple[float, ...] | list[float]) -> np.ndarray:
     return m
 
 
-class StatusMessage(MessageBase):
+class _Checked(MessageBase):
+    """Refuses a type (12 bytes) or device name (20 bytes) that pyigtl would silently cut."""
+
+    def pack(self) -> bytes:
+        _fixed(self._message_type, 12, "message type")
+        _fixed(self.device_name, 20, "device name")
+        return super().pack()
+
+
+class StatusMessage(_Checked):
     """STATUS: a code (1 = OK, 13 = not ready, ...), a subcode, an error name, a text."""
 
     def __init__(
@@ -166,7 +175,7 @@ class TrajectoryElement:
     type: int = TRAJ_TYPE_ENTRY_TARGET
 
 
-class TrajectoryMessage(MessageBase):
+class TrajectoryMessage(_Checked):
     """TRAJ: a list of trajectories (entry, target, radius)."""
 
     def __init__(
@@ -226,7 +235,7 @@ class TrajectoryMessage(MessageBase):
             )
 
 
-class TrackingDataMessage(MessageBase):
+class TrackingDataMessage(_Checked):
     """TDATA: named 4x4 poses (``elements``: list of (name, 4x4 matrix, type))."""
 
     def __init__(
@@ -260,7 +269,7 @@ class TrackingDataMessage(MessageBase):
             self.elements.append((_cstr(v[0]), _matrix_from12(v[3:15]), v[1]))
 
 
-class StartTrackingDataMessage(MessageBase):
+class StartTrackingDataMessage(_Checked):
     """STT_TDATA: start a TDATA stream, at most one frame per ``resolution_ms``."""
 
     def __init__(
@@ -291,7 +300,7 @@ class StartTrackingDataMessage(MessageBase):
         self.coordinate_name = _cstr(content[4:36])
 
 
-class RtsMessage(MessageBase):
+class RtsMessage(_Checked):
     """RTS_<TYPE>: the answer to STT_/STP_ (status 0 success, 1 error)."""
 
     def __init__(
@@ -318,7 +327,7 @@ class RtsMessage(MessageBase):
         self.status = _RTS.unpack_from(content)[0]
 
 
-class QueryMessage(MessageBase):
+class QueryMessage(_Checked):
     """A header-only message: ``GET_TRANS``, ``GET_POINT``, ``GET_TRAJ``, ``GET_STATUS``,
     ``GET_STRING``, ``STP_TDATA``, ... (any body is ignored on decoding)."""
 

@@ -48,10 +48,10 @@ from navsvc.transforms import RigidTransform
 
 log = logging.getLogger(__name__)
 
-#: GET_ query type -> the message type it asks for.
+#: GET_ query type -> the message type it asks for. (The protocol's query for TRANSFORM
+#: is GET_TRANS: "GET_TRANSFORM" would not fit the 12-byte type field.)
 QUERIES = {
     "GET_TRANS": "TRANSFORM",
-    "GET_TRANSFORM": "TRANSFORM",
     "GET_POINT": "POINT",
     "GET_TRAJ": "TRAJ",
     "GET_STATUS": "STATUS",

@@ -57,7 +57,7 @@ def _vec3(value: ArrayLike, field_name: str) -> NDArray[np.float64]:
     return arr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Target:
     """A planned drill trajectory in the CT frame (LPS mm).
 
@@ -89,6 +89,16 @@ class Target:
                 f"target {self.name}: entry and target are {length:.3f} mm apart; expected at least "
                 f"{_MIN_PATH_MM} mm to define a drill direction"
             )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Target):
+            return NotImplemented
+        return (self.name == other.name and self.diameter_mm == other.diameter_mm
+                and bool(np.array_equal(self.entry_lps, other.entry_lps))
+                and bool(np.array_equal(self.target_lps, other.target_lps)))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.diameter_mm, self.entry_lps.tobytes(), self.target_lps.tobytes()))
 
     @property
     def path_length_mm(self) -> float:
