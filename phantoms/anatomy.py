@@ -264,7 +264,15 @@ class HipModel:
 
     # -- classification ---------------------------------------------------------------
     def classify(self, x_femur: F64, x_pelvis: F64 | None = None, x_soft: F64 | None = None) -> NDArray[np.uint8]:
-        """Tissue code (:class:`Tissue`) of each point.
+        """Tissue code (:class:`Tissue`) of each point (see :meth:`classify_with_margin`)."""
+        return self.classify_with_margin(x_femur, x_pelvis, x_soft)[0]
+
+    def classify_with_margin(self, x_femur: F64, x_pelvis: F64 | None = None,
+                             x_soft: F64 | None = None) -> tuple[NDArray[np.uint8], F64]:
+        """Tissue code (:class:`Tissue`) of each point and a margin (mm): an estimate of the
+        distance to the nearest tissue interface (soft-tissue distances scaled by 0.6, to allow for
+        a soft-tissue deformation that stretches space up to 1.6x). Renderers treat a block of
+        voxels as uniform only when the margin at its centre clearly exceeds its size.
 
         ``x_femur``, ``x_pelvis``, ``x_soft``: (N, 3) anatomy-frame positions of the same N
         image points as seen by the femur, the pelvis and the soft tissue (identical in the
@@ -278,44 +286,67 @@ class HipModel:
         # soft tissue
         d_body = self.body_sdf(x_soft)
         inside = d_body < 0
+        skin, fat = p["skin_mm"], p["subcutaneous_fat_mm"]
         out[inside] = Tissue.MUSCLE
-        out[inside & (d_body > -(p["skin_mm"] + p["subcutaneous_fat_mm"]))] = Tissue.FAT
-        out[inside & (d_body > -p["skin_mm"])] = Tissue.SKIN
+        out[inside & (d_body > -(skin + fat))] = Tissue.FAT
+        out[inside & (d_body > -skin)] = Tissue.SKIN
+        margin = np.minimum(np.minimum(np.abs(d_body), np.abs(d_body + skin)), np.abs(d_body + skin + fat))
         muscle = out == Tissue.MUSCLE
         for plane in p["fat_planes"]:
             dist = np.abs((x_soft - self.H) @ np.array(plane["normal"]) - plane["offset_mm"])
             out[muscle & (dist < 0.9)] = Tissue.FAT
+            np.minimum(margin, np.abs(dist - 0.9), out=margin)
+        margin *= 0.6  # the soft-tissue deformation stretches space by at most ~1.6x
         # joint space and pelvis
-        sel = np.flatnonzero(_in_box(x_pelvis, self.pelvis_box))
+        box = _in_box(x_pelvis, self.pelvis_box)
+        np.minimum(margin, np.where(box, np.inf, _box_distance(x_pelvis, self.pelvis_box)), out=margin)
+        sel = np.flatnonzero(box)
         if sel.size:
             xp = x_pelvis[sel]
-            out[sel[self.joint_mask(xp)]] = Tissue.JOINT
+            r = sdf.norm(xp - self.H)
+            r_cav = self.r_head + p["joint_space_mm"]
+            plane = (xp - self.H) @ self.cup_open - 0.12 * self.r_head
+            out[sel[(r < r_cav) & (plane < 0)]] = Tissue.JOINT
+            m = np.where(r > r_cav, r - r_cav, np.minimum(r_cav - r, np.abs(plane)))
             d_p = self.pelvis_sdf(xp)
             in_p = d_p < 0
             out[sel[in_p]] = Tissue.PELVIS_TRABECULAR
             out[sel[in_p & (d_p > -p["pelvis_cortex_mm"])]] = Tissue.PELVIS_CORTICAL
+            m = np.minimum(m, np.where(in_p, np.minimum(-d_p, np.abs(d_p + p["pelvis_cortex_mm"])), d_p))
+            margin[sel] = np.minimum(margin[sel], m)
         # femur
-        sel = np.flatnonzero(_in_box(x_femur, self.femur_box))
+        box = _in_box(x_femur, self.femur_box)
+        np.minimum(margin, np.where(box, np.inf, _box_distance(x_femur, self.femur_box)), out=margin)
+        sel = np.flatnonzero(box)
         if sel.size:
-            near = sdf.sphere(x_femur[sel], self.prox_centre, self.prox_radius) < 0
-            near |= sdf.capsule(x_femur[sel], self.shaft_top, self.shaft_bottom, self.params["shaft_radius_mm"] + 10.0) < 0
-            sel = sel[near]
+            bound = np.minimum(sdf.sphere(x_femur[sel], self.prox_centre, self.prox_radius),
+                               sdf.capsule(x_femur[sel], self.shaft_top, self.shaft_bottom,
+                                           self.params["shaft_radius_mm"] + 10.0))
+            margin[sel] = np.minimum(margin[sel], np.where(bound < 0, np.inf, bound))
+            sel = sel[bound < 0]
         if sel.size:
             xf = x_femur[sel]
             d_f = self.femur_sdf(xf)
             in_f = d_f < 0
+            margin[sel] = np.minimum(margin[sel], np.abs(d_f))
             sel, xf, d_f = sel[in_f], xf[in_f], d_f[in_f]
             codes = np.full(sel.size, Tissue.TRABECULAR, dtype=np.uint8)
-            codes[(xf - self.J) @ self.distal > p["canal_start_mm"]] = Tissue.MARROW
+            s_axis = (xf - self.J) @ self.distal - p["canal_start_mm"]
+            codes[s_axis > 0] = Tissue.MARROW
             d_l = self.lesion_ellipsoid_sdf(xf)
             les = p["lesion"]
+            m = np.minimum(np.abs(s_axis), np.minimum(np.abs(d_l), np.abs(d_l + les["rim_mm"])))
             if les["oedema_mm"] > 0:
                 codes[(d_l < les["oedema_mm"]) & (codes == Tissue.TRABECULAR)] = Tissue.OEDEMA
+                m = np.minimum(m, np.abs(d_l - les["oedema_mm"]))
             codes[d_l < 0] = Tissue.RIM
             codes[d_l < -les["rim_mm"]] = Tissue.NECROSIS
-            codes[d_f > -self.cortex_mm(xf)] = Tissue.CORTICAL
+            cortex = self.cortex_mm(xf)
+            codes[d_f > -cortex] = Tissue.CORTICAL
+            m = np.minimum(m, np.abs(d_f + cortex))
             out[sel] = codes
-        return out
+            margin[sel] = np.minimum(margin[sel], m)
+        return out, margin
 
     # -- landmarks --------------------------------------------------------------------
     def lesion_centroid_and_volume(self, step_mm: float = 0.5) -> tuple[F64, float]:
@@ -382,6 +413,12 @@ class HipModel:
         for name in pts:
             structure.setdefault(name, "pelvis")
         return pts, structure
+
+
+def _box_distance(x: F64, box: tuple[F64, F64]) -> F64:
+    """Distance (mm) from points outside an axis-aligned box to it (0 inside)."""
+    lo, hi = box
+    return sdf.norm(np.maximum(np.maximum(lo - x, x - hi), 0.0))
 
 
 def _in_box(x: F64, box: tuple[F64, F64]) -> NDArray[np.bool_]:

@@ -98,7 +98,7 @@ def render_fluoro_views(model: HipModel, view_fn: Any, pre: Preset, T_ct_from_mr
             t = t_c[:, None] + (-half + (np.arange(n_steps)[None, :] + off) * pre.fluoro_step_mm)
             pts_carm = src + t[..., None] * d[:, None, :]
             pts_ct = pts_carm.reshape(-1, 3) @ r.T + m[:3, 3]
-            mu = lut[view_fn(pts_ct)].reshape(d.shape[0], n_steps)
+            mu = lut[view_fn(pts_ct)[0]].reshape(d.shape[0], n_steps)
             integral[a:a + 2048] = mu.sum(axis=1) * pre.fluoro_step_mm
         n0 = pre.fluoro_photons
         counts = rng.poisson(n0 * np.exp(-integral))

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from phantoms import pose as pose_mod
 from phantoms.anatomy import N_TISSUES, HipModel, Tissue
-from phantoms.render import polynomial_field, sample_codes, to_image, voxel_points
+from phantoms.render import affine_points, polynomial_field, sample_codes, to_image, voxel_points
 
 F64 = NDArray[np.float64]
 
@@ -69,12 +69,12 @@ def render_mri(model: HipModel, grid: sitk.Image, mri: dict[str, Any], rng: np.r
     """(T1, fluid or None, labels) on ``grid`` (the MRI frame). ``mri`` holds the acquisition
     parameters: subsample, distortion, chemical shift, noise, bias (see the presets)."""
     dist = mri.get("distortion")
-    views = [lambda y: model.classify(pose_mod.undistort(y, dist))]
+    views = [lambda y: model.classify_with_margin(pose_mod.undistort(y, dist))]
     shift = float(mri.get("chemical_shift_mm", 0.0))
     if shift:
         d = np.array(grid.GetDirection()).reshape(3, 3)[:, mri["readout_axis"]]
         shift_vec = shift * d
-        views.append(lambda y: model.classify(pose_mod.undistort(y - shift_vec, dist)))
+        views.append(lambda y: model.classify_with_margin(pose_mod.undistort(y - shift_vec, dist)))
         t1_luts = [T1 * (1 - FAT_FRACTION), T1 * FAT_FRACTION]
     else:
         t1_luts = [T1]
@@ -100,15 +100,15 @@ def _rician(signal: NDArray[np.float32], sigma: float, rng: np.random.Generator)
 
 
 def ct_views(model: HipModel, T_ct_from_mri_pelvis: Any, T_ct_from_mri_femur: Any, pose: dict[str, Any]):  # noqa: ANN201
-    """The view function of the intraop scene: CT points -> tissue codes (each structure in its pose)."""
-    inv_p = T_ct_from_mri_pelvis.inverse()
-    inv_f = T_ct_from_mri_femur.inverse()
+    """The view of the intraop scene: CT points -> (tissue codes, margins), each structure in its pose."""
+    inv_p = T_ct_from_mri_pelvis.inverse().matrix
+    inv_f = T_ct_from_mri_femur.inverse().matrix
 
-    def view(p: F64) -> NDArray[np.uint8]:
-        xp = inv_p.apply(p)
-        xf = inv_f.apply(p)
+    def view(p: F64) -> tuple[NDArray[np.uint8], F64]:
+        xp = affine_points(inv_p, p)
+        xf = affine_points(inv_f, p)
         xs = pose_mod.soft_tissue_points(p, xp, xf, pose, model.H)
-        return model.classify(xf, xp, xs)
+        return model.classify_with_margin(xf, xp, xs)
 
     return view
 

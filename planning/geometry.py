@@ -46,7 +46,8 @@ class BoneFields:
     """Femur and lesion masks with their signed distance fields (mm) on a crop of the label grid.
 
     ``femur_zyx`` is the femur component that holds the lesion (femur and necrosis labels
-    together; necrosis is part of the femur), ``lesion_zyx`` the necrosis voxels in it.
+    together; necrosis is part of the femur), ``lesion_zyx`` the necrosis voxels in it,
+    ``pelvis_zyx`` the pelvis label (all False when absent).
     Arrays are (z, y, x) on the crop whose first voxel has index ``crop_offset_ijk`` in the
     full label image ``labels``.
     """
@@ -57,6 +58,7 @@ class BoneFields:
     lesion_zyx: NDArray[np.bool_]
     femur_sdf_zyx: NDArray[np.float32]
     lesion_sdf_zyx: NDArray[np.float32]
+    pelvis_zyx: NDArray[np.bool_] | None = None
 
     @property
     def spacing_mm(self) -> NDArray[np.float64]:
@@ -101,6 +103,12 @@ class BoneFields:
     def lesion_points_lps(self) -> NDArray[np.float64]:
         """LPS mm centres (N, 3) of the lesion voxels."""
         return self._crop_centers(self.lesion_zyx)
+
+    def pelvis_points_lps(self) -> NDArray[np.float64]:
+        """LPS mm centres (N, 3) of the pelvis voxels in the crop (empty without a pelvis label)."""
+        if self.pelvis_zyx is None:
+            return np.zeros((0, 3))
+        return self._crop_centers(self.pelvis_zyx)
 
     def femur_points_lps(self) -> NDArray[np.float64]:
         """LPS mm centres (N, 3) of the femur voxels."""
@@ -151,6 +159,7 @@ def bone_fields(labels: sitk.Image, spec: LabelSpec = DEFAULT_SPEC, name: str = 
         lesion_zyx=lesion_c,
         femur_sdf_zyx=signed_distance_mm(femur_c, spacing_zyx),
         lesion_sdf_zyx=signed_distance_mm(lesion_c, spacing_zyx),
+        pelvis_zyx=np.asarray(arr[sl] == spec.pelvis),
     )
 
 
@@ -159,8 +168,8 @@ def bone_fields(labels: sitk.Image, spec: LabelSpec = DEFAULT_SPEC, name: str = 
 class FemurAnatomy:
     """Landmarks of a proximal femur derived from its mask (LPS mm, unit vectors).
 
-    * ``head_center_lps`` / ``head_radius_mm``: the largest sphere inscribed in the femur
-      near the lesion (the femoral head);
+    * ``head_center_lps`` / ``head_radius_mm``: the femoral head's sphere, fitted to the
+      femur's surface around the largest sphere inscribed in the femur near the lesion;
     * ``shaft_axis``: the shaft's direction, pointing proximally (towards the head's level);
     * ``medial``: from the shaft axis towards the head, perpendicular to the shaft axis;
     * ``side``: ``'right'`` when medial points to the patient's left (+x in LPS), else ``'left'``;
@@ -202,6 +211,32 @@ class FemurAnatomy:
         return (p - self.shaft_point_lps) @ self.lateral
 
 
+def _fit_head_sphere(fields: BoneFields, centre0: NDArray[np.float64], radius0: float,
+                     shaft_point: NDArray[np.float64]) -> tuple[NDArray[np.float64], float]:
+    """Least-squares sphere through the femur's surface voxels around the head, leaving out
+    the cone towards the shaft (the neck). Falls back to the inscribed sphere."""
+    surface = fields.femur_zyx & ~ndimage.binary_erosion(fields.femur_zyx)
+    pts = fields._crop_centers(surface)
+    rel = pts - centre0
+    dist = np.linalg.norm(rel, axis=1)
+    to_shaft = (shaft_point - centre0) / max(float(np.linalg.norm(shaft_point - centre0)), 1e-9)
+    cos = (rel @ to_shaft) / np.maximum(dist, 1e-9)
+    sel = (dist <= radius0 + 8.0) & (cos < np.cos(np.deg2rad(65.0)))
+    if np.count_nonzero(sel) < 50:
+        return centre0, radius0
+    p = pts[sel]
+    a = np.hstack([2.0 * p, np.ones((len(p), 1))])
+    sol, *_ = np.linalg.lstsq(a, (p * p).sum(axis=1), rcond=None)
+    centre = sol[:3]
+    radius = float(np.sqrt(max(sol[3] + centre @ centre, 0.0)))
+    # surface voxel centres lie on average half a voxel inside the surface
+    radius += 0.5 * float(np.mean(fields.spacing_mm))
+    if np.linalg.norm(centre - centre0) > 0.5 * radius0 or not radius0 * 0.8 <= radius <= radius0 * 1.6 + 2.0:
+        log.warning("femoral head sphere fit disagrees with the inscribed sphere; using the inscribed sphere")
+        return centre0, radius0
+    return centre, radius
+
+
 def femur_anatomy(fields: BoneFields) -> FemurAnatomy:
     """Find head, shaft axis, medial direction, side and greater trochanter from the femur mask."""
     femur_pts = fields.femur_points_lps()
@@ -227,6 +262,7 @@ def femur_anatomy(fields: BoneFields) -> FemurAnatomy:
         log.warning("femur shaft too short in the image to fit its axis; using the image's superior axis")
         shaft_p = femur_pts[(femur_pts - head_c) @ up < -head_r].mean(axis=0) if np.any(
             (femur_pts - head_c) @ up < -head_r) else femur_pts.mean(axis=0)
+    head_c, head_r = _fit_head_sphere(fields, head_c, head_r, shaft_p)
     v = head_c - shaft_p
     v = v - (v @ axis) * axis
     if np.linalg.norm(v) < 1e-6:

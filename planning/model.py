@@ -48,6 +48,7 @@ def _finite3(v: tuple[float, float, float]) -> tuple[float, float, float]:
     return v
 
 
+JicType = Literal["A", "B", "C1", "C2"]
 Vec3 = Annotated[tuple[float, float, float], AfterValidator(_finite3)]
 
 
@@ -158,7 +159,9 @@ class LesionSummary(_Model):
     proximal-distal (shaft) axes. ``necrotic_angle_*_deg`` are the arcs the lesion subtends
     at the head centre on the mid-coronal and mid-sagittal planes through the head centre;
     their sum is the combined necrotic angle (Kerboul), graded by the modified Kerboul
-    classification (I < 160, II 160-199, III 200-239, IV >= 240 degrees).
+    classification (I < 160, II 160-199, III 200-239, IV >= 240 degrees). ``jic_like_type``
+    approximates the JIC type (A, B, C1, C2) where a pelvis label shows the acetabular roof
+    (see :func:`planning.lesion.jic_like_type`).
     """
 
     volume_ml: float = Field(gt=0.0)
@@ -176,6 +179,7 @@ class LesionSummary(_Model):
     necrotic_angle_coronal_deg: float
     necrotic_angle_sagittal_deg: float
     combined_necrotic_angle_deg: float
+    jic_like_type: JicType | None = None
     location_class: str
 
 

@@ -11,7 +11,8 @@ From the MRI's segmentation (femur, necrosis) the planner
    entry zone, the entry faces laterally and lies at or below the greater trochanter's tip --
    i.e. the path runs from the lateral cortex up the femoral neck. Among feasible paths it
    takes the one with the largest clearance along its neck part (the path beyond 30 % of
-   its length from the entry; the shortest among ties within 0.3 mm);
+   its length from the entry; the shortest within 0.3 mm bands), falling back to the next
+   ranked paths if the final rule check (finer sampling) refuses it;
 3. for ``n_drills > 1`` spreads the targets over the lesion (k-means of the allowed points)
    and fans the tracts from the first tract's entry where the rules allow it;
 4. re-checks the result with :func:`planning.checks.check_plan` (the same rules as for a
@@ -187,12 +188,12 @@ def _rays(fields: BoneFields, anatomy: FemurAnatomy, target: NDArray[np.float64]
             for j, i in enumerate(idx) if good[j]]
 
 
-def _pick(rays: list[_Ray]) -> _Ray | None:
+def _ranked(rays: list[_Ray]) -> list[_Ray]:
+    """Best first: the largest neck clearance, in 0.3 mm bands, then the shortest path."""
     if not rays:
-        return None
+        return []
     best = max(r.score_mm for r in rays)
-    near = [r for r in rays if r.score_mm >= best - 0.3]
-    return min(near, key=lambda r: r.length_mm)
+    return sorted(rays, key=lambda r: (int((best - r.score_mm) / 0.3), r.length_mm))
 
 
 def _search_path(fields: BoneFields, anatomy: FemurAnatomy, target: NDArray[np.float64],
@@ -200,15 +201,17 @@ def _search_path(fields: BoneFields, anatomy: FemurAnatomy, target: NDArray[np.f
     """The best straight path to ``target`` that meets every rule, or None."""
     dirs = fibonacci_directions(opts.direction_samples)
     outward = (dirs @ anatomy.lateral > 0.2) & (dirs @ anatomy.shaft_axis < 0.3)
-    coarse = _pick(_rays(fields, anatomy, target, dirs[outward], opts))
-    if coarse is None:
+    coarse = _ranked(_rays(fields, anatomy, target, dirs[outward], opts))
+    if not coarse:
         return None
     spacing_deg = math.degrees(math.sqrt(4 * math.pi / opts.direction_samples))
-    fine = _rays(fields, anatomy, target, cone_directions(coarse.direction, 1.5 * spacing_deg, 300), opts)
-    best = _pick(fine + [coarse]) or coarse
-    traj = Trajectory(name=name, entry_lps=tuple(best.entry_lps), target_lps=tuple(target),  # type: ignore[arg-type]
-                      diameter_mm=opts.diameter_mm)
-    return traj if _meets_rules(fields, anatomy, traj, margins) else None
+    fine = _rays(fields, anatomy, target, cone_directions(coarse[0].direction, 1.5 * spacing_deg, 300), opts)
+    for ray in _ranked(fine + coarse[:1])[:5] + coarse[1:6]:  # the final check samples finer
+        traj = Trajectory(name=name, entry_lps=tuple(ray.entry_lps), target_lps=tuple(target),  # type: ignore[arg-type]
+                          diameter_mm=opts.diameter_mm)
+        if _meets_rules(fields, anatomy, traj, margins):
+            return traj
+    return None
 
 
 def _meets_rules(fields: BoneFields, anatomy: FemurAnatomy, traj: Trajectory, margins: Margins) -> bool:

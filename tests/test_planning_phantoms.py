@@ -56,6 +56,9 @@ def test_automatic_plan_on_phantoms_keeps_its_margins(seed, side, size, fan):
     plan = plan_automatic(case.mri, case.labels, options=options)
     assert plan.side == side
     assert len(plan.trajectories) == options.n_drills
+    # the femoral head found in the label map (measured 0.2-0.5 mm off, radius within 0.2 mm)
+    assert np.linalg.norm(np.subtract(plan.lesion.head_center_lps, model.H)) < 1.0
+    assert plan.lesion.head_radius_mm == pytest.approx(model.r_head, abs=0.6)
     gt_tip = case.landmarks_mri["greater_trochanter_tip"]
     up = np.array([0.0, 0.0, 1.0])
     for t in plan.trajectories:
