@@ -98,8 +98,8 @@ PRESETS: dict[str, Preset] = {
         "realistic", mri_orientation="random", mri_spacing_mm=(0.7, 0.7, 3.5), mri_slice_jitter_mm=0.5,
         mri_fov_mm=(180.0, 90.0, 180.0), mri_oblique_deg=12.0, mri_subsample=(1, 1, 4),
         ct_spacing_mm=(0.8, 0.8, 1.0), ct_fov_mm=(170.0, 170.0, 150.0), ct_subsample=(2, 2, 1),
-        ct_noise_hu=15.0, fluoro_views=("ap", "lateral", "oblique"), fluoro_detector_px=(192, 192),
-        fluoro_pixel_mm=1.2, fluoro_step_mm=1.0, fluoro_photons=5.0e4,
+        ct_noise_hu=15.0, fluoro_views=("ap", "lateral", "oblique"), fluoro_detector_px=(112, 112),
+        fluoro_pixel_mm=2.0, fluoro_step_mm=1.5, fluoro_photons=5.0e4,
     ),
 }
 PRESETS["realistic-distorted"] = replace(

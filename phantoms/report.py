@@ -117,3 +117,50 @@ def write_markdown(report: dict[str, Any], out: Path, figures: bool = True) -> P
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
     return path
+
+
+def case_figure(case: Any, path: Path) -> Path:
+    """One-page overview of a case: MRI T1 and fluid slices through the lesion with the
+    labels, a coronal CT reformat through the lesion with the true lesion contour, and the
+    fluoroscopy views (if any) with the projected landmarks."""
+    plt = _pyplot()
+    n_fl = len(case.fluoro or [])
+    cols = 4 if n_fl <= 4 else n_fl
+    fig, grid = plt.subplots(2 if n_fl else 1, cols, figsize=(3.8 * cols, 4.2 * (2 if n_fl else 1)), squeeze=False)
+    axes = list(grid[0]) + (list(grid[1]) if n_fl else [])
+    lab = sitk.GetArrayViewFromImage(case.labels)
+    k = int(np.clip(round(index_from_lps(case.mri, case.landmarks_mri["lesion_centroid"])[2]), 0, lab.shape[0] - 1))
+    sp = case.mri.GetSpacing()
+    t1 = sitk.GetArrayViewFromImage(case.mri)[k]
+    axes[0].imshow(t1, cmap="gray", aspect=sp[1] / sp[0], vmax=np.percentile(t1, 99.5))
+    axes[0].set_title(f"MRI T1, slice {k} ({case.params['mri']['orientation']})", fontsize=9)
+    if case.mri_fluid is not None:
+        fl = sitk.GetArrayViewFromImage(case.mri_fluid)[k]
+        axes[1].imshow(fl, cmap="gray", aspect=sp[1] / sp[0], vmax=np.percentile(fl, 99.5))
+        axes[1].set_title("MRI fluid-sensitive (STIR-like)", fontsize=9)
+    axes[2].imshow(t1, cmap="gray", aspect=sp[1] / sp[0], vmax=np.percentile(t1, 99.5))
+    masked = np.ma.masked_equal(lab[k], 0)
+    axes[2].imshow(masked, cmap="brg", alpha=0.45, aspect=sp[1] / sp[0], vmin=0, vmax=3, interpolation="nearest")
+    axes[2].set_title("labels: femur, necrosis, pelvis", fontsize=9)
+    ct = sitk.GetArrayViewFromImage(case.ct)
+    j = int(np.clip(round(index_from_lps(case.ct, case.landmarks_ct["lesion_centroid"])[1]), 0, ct.shape[1] - 1))
+    csp = case.ct.GetSpacing()
+    axes[3].imshow(ct[:, j, :], cmap="gray", vmin=-300, vmax=1500, origin="lower", aspect=csp[2] / csp[0])
+    axes[3].contour(sitk.GetArrayViewFromImage(case.labels_ct)[:, j, :] == 2, levels=[0.5], colors="lime",
+                    linewidths=0.8)
+    axes[3].set_title(f"intraop CT ({case.params['ct']['kind']}), coronal reformat", fontsize=9)
+    for a, v in enumerate(case.fluoro or []):
+        ax = axes[cols + a]
+        img = sitk.GetArrayViewFromImage(v.image)
+        inside = img[img > 0]
+        ax.imshow(img, cmap="gray_r", vmin=np.percentile(inside, 1), vmax=np.percentile(inside, 99.5))
+        for name in ("lesion_centroid", "head_centre", "greater_trochanter_tip", "lesser_trochanter"):
+            u, w = v.geometry["landmarks_px"][name]
+            ax.plot(u, w, "r+", ms=6)
+        ax.set_title(f"fluoroscopy {v.geometry['view']}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(case.describe(), fontsize=9)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

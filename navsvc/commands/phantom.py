@@ -25,6 +25,10 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset field, e.g. --set max_rotation_deg=0 --set lesion_size=large")
     m.set_defaults(func=run_make)
+    f = psub.add_parser("figure", help="write an overview PNG of a case folder")
+    f.add_argument("case", help="case folder")
+    f.add_argument("--out", required=True, help="PNG file to write")
+    f.set_defaults(func=run_figure)
     ls = psub.add_parser("presets", help="list the presets and their settings")
     ls.set_defaults(func=run_presets)
 
@@ -63,6 +67,20 @@ def run_make(args: argparse.Namespace) -> int:
         case = make_case(seed, args.preset, modalities=mods, side=args.side, **overrides)
         case.write(out)
         print(f"{out}: {case.describe()} ({case.params['generation_seconds']:.1f} s)")
+    return 0
+
+
+def run_figure(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from navsvc.errors import InputError
+    from phantoms import load_case
+    from phantoms.report import case_figure
+
+    case = load_case(args.case)
+    if case.kind != "digital" or case.mri is None or case.ct is None:
+        raise InputError(f"{args.case}: expected a digital phantom folder with MRI and CT")
+    print(case_figure(case, Path(args.out)))
     return 0
 
 
