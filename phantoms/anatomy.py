@@ -80,7 +80,8 @@ def sample_anatomy(
     stage = int(arco_stage if arco_stage is not None else rng.choice([2, 3]))
     has_oedema = bool(oedema if oedema is not None else (stage == 3 or rng.uniform() < 0.5))
     r_head = _u(rng, 21.0, 26.0)
-    lesion_radii = {"small": (11.0, 9.0, 7.5), "medium": (15.0, 12.5, 10.0), "large": (19.0, 16.0, 13.0)}[size]
+    # semi-axes chosen so the lesion occupies about 5-12 / 15-28 / 30-45 % of the head volume
+    lesion_radii = {"small": (12.5, 10.0, 8.5), "medium": (18.5, 15.5, 12.0), "large": (23.0, 19.5, 16.0)}[size]
     return {
         "side": side,
         "lateral_sign": lat,
@@ -393,7 +394,7 @@ class HipModel:
             self.femur_sdf, self.gt_centre, self.gt_centre + 60.0 * self.lat)[0]
         pts["lesser_trochanter"] = sdf.find_surface(
             self.femur_sdf, self.lt_centre, self.lt_centre + 40.0 * self.lt_dir)[0]
-        for level in (30.0, 60.0):  # below the neck-shaft junction, inside the MRI field of view
+        for level in (20.0, 45.0):  # below the neck-shaft junction, inside the MRI field of view
             c = self.J + level * self.distal
             pts[f"shaft_lateral_{int(level)}"] = sdf.find_surface(self.femur_sdf, c, c + 40.0 * self.lat)[0]
         structure = dict.fromkeys(pts, "femur")
@@ -404,11 +405,12 @@ class HipModel:
         cs = sdf.find_surface(self.pelvis_sdf, self.H + (r_cav - 1.0) * cup_dirs, self.H + (r_cav + 3.0) * cup_dirs)
         for k, name in enumerate(("roof", "anterior", "posterior")):
             pts[f"acetabulum_{name}"] = cs[k]
+        # lateral surface of the iliac wing, and the superior pubic ramus
         ic = self.ilium_centre
-        pts["iliac_crest"] = sdf.find_surface(self.pelvis_sdf, ic, ic + 90.0 * up)[0]
+        pts["iliac_wing_lateral"] = sdf.find_surface(self.pelvis_sdf, ic, ic + 60.0 * self.lat)[0]
         it = self.ischium[1]
         pts["ischial_tuberosity"] = sdf.find_surface(self.pelvis_sdf, it, it - 40.0 * up)[0]
-        pb = 0.5 * (self.pubis[0] + self.pubis[1])
+        pb = 0.7 * self.pubis[0] + 0.3 * self.pubis[1]
         pts["pubic_ramus_anterior"] = sdf.find_surface(self.pelvis_sdf, pb, pb + 30.0 * ant)[0]
         for name in pts:
             structure.setdefault(name, "pelvis")

@@ -28,8 +28,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from navsvc.errors import ConfigError, InputError
 from navsvc.frames import CT, MRI
-from navsvc.imaging import read_image, write_image
-from navsvc.markups import fiducials, read_points, write_markups
+from navsvc.imaging import contains_points, read_image, write_image
+from navsvc.markups import fiducials, write_markups
 from navsvc.transforms import (
     RigidTransform,
     rotation_matrix_from_axis_angle,
@@ -171,14 +171,20 @@ def make_case(seed: int, preset: str = "small", modalities: tuple[str, ...] | li
         "lesion_volume_mm3": lesion_volume,
         "lesion_head_fraction": lesion_volume / (4.0 / 3.0 * np.pi * model.r_head**3),
     }
+    frac = params["lesion_head_fraction"]
+    params["lesion_extent_class"] = "small (<15 %)" if frac < 0.15 else "medium (15-30 %)" if frac < 0.30 else "large (>30 %)"
+    mri_grid = reference_image(mri_p["size"], mri_p["spacing_mm"], mri_p["centre_mm"], np.array(mri_p["direction"]))
+    ct_grid = reference_image(ct_p["size"], ct_p["spacing_mm"], ct_p["centre_mm"], np.eye(3))
+    params["landmarks_outside_fov"] = {
+        "mri": [n for n, inside in zip(names, contains_points(mri_grid, lm_mri), strict=True) if not inside],
+        "ct": [n for n, inside in zip(names, contains_points(ct_grid, lm_ct), strict=True) if not inside],
+    }
     mri = fluid = labels = ct = labels_ct = None
     if "mri" in mods:
-        grid = reference_image(mri_p["size"], mri_p["spacing_mm"], mri_p["centre_mm"], np.array(mri_p["direction"]))
-        mri, fluid, labels = render_mri(model, grid, mri_p, r_noise, with_fluid=pre.mri_fluid)
+        mri, fluid, labels = render_mri(model, mri_grid, mri_p, r_noise, with_fluid=pre.mri_fluid)
     view = ct_views(model, T_pelvis, T_femur, pose)
     if "ct" in mods:
-        grid = reference_image(ct_p["size"], ct_p["spacing_mm"], ct_p["centre_mm"], np.eye(3))
-        ct, labels_ct = render_ct(model, grid, view, ct_p, r_noise)
+        ct, labels_ct = render_ct(model, ct_grid, view, ct_p, r_noise)
     fluoro = None
     if "fluoro" in mods:
         from phantoms.fluoro import add_projected_landmarks, render_fluoro_views
@@ -213,7 +219,7 @@ def _mri_params(pre: Any, model: HipModel, rng: np.random.Generator) -> dict[str
     sp[2] = float(sp[2] + rng.uniform(-1, 1) * pre.mri_slice_jitter_mm)
     size = [max(4, int(round(pre.mri_fov_mm[fov_index[a]] / sp[a]))) for a in range(3)]
     up = np.array([0.0, 0.0, 1.0])
-    centre = model.H + 18.0 * model.lat - 22.0 * up + rng.uniform(-5, 5, size=3)
+    centre = model.H + 18.0 * model.lat - 25.0 * up + rng.uniform(-5, 5, size=3)
     readout = int(rng.integers(0, 2))
     out: dict[str, Any] = {
         "orientation": orient, "direction": direction.tolist(), "spacing_mm": sp, "size": size,
@@ -273,10 +279,13 @@ def _write_case(case: Case, out: Path) -> Path:
     names = list(case.landmarks_mri)
     write_markups(out / "landmarks_mri.mrk.json", [fiducials("landmarks_mri", case.landmarks_mri)])
     write_markups(out / "landmarks_ct.mrk.json", [fiducials("landmarks_ct", case.landmarks_ct)])
+    outside = case.params.get("landmarks_outside_fov", {})
     write_json_atomic(out / "landmarks.json", {
         "coordinate_system": "LPS", "units": "mm", "definition": LANDMARK_DEFINITION,
         "landmarks": {n: {"mri": case.landmarks_mri[n], "ct": case.landmarks_ct[n],
-                          "structure": case.landmark_structure[n]} for n in names},
+                          "structure": case.landmark_structure[n],
+                          "in_mri_fov": n not in outside.get("mri", []),
+                          "in_ct_fov": n not in outside.get("ct", [])} for n in names},
     })
     write_transform(out / "T_ct_from_mri_femur.h5", case.T_ct_from_mri_femur, {"truth": True})
     write_transform(out / "T_ct_from_mri_pelvis.h5", case.T_ct_from_mri_pelvis, {"truth": True})
@@ -339,6 +348,3 @@ def load_case(path: str | Path) -> Case:
         params=truth["params"], fluoro=fluoro, kind=truth.get("kind", "digital"), source_dir=d,
     )
 
-
-def read_landmarks_markups(path: Path) -> dict[str, NDArray[np.float64]]:
-    return read_points(path)

@@ -20,7 +20,7 @@ class Preset:
     mri_orientation: str = "coronal"  # coronal | axial | random
     mri_spacing_mm: tuple[float, float, float] = (1.8, 1.8, 3.5)  # in-plane, in-plane, slice
     mri_slice_jitter_mm: float = 0.0  # slice thickness drawn in [s - j, s + j]
-    mri_fov_mm: tuple[float, float, float] = (112.0, 70.0, 112.0)  # LR, AP, SI
+    mri_fov_mm: tuple[float, float, float] = (126.0, 70.0, 126.0)  # LR, AP, SI
     mri_oblique_deg: float = 8.0  # random obliquity of the slice stack, up to this angle
     mri_subsample: tuple[int, int, int] = (2, 2, 3)
     mri_noise_fraction: float = 0.02  # Rician sigma relative to the fat signal

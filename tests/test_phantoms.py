@@ -50,7 +50,7 @@ def test_geometry_is_clinical_and_oblique(case):
         check_geometry(img)
     sp = case.mri.GetSpacing()
     assert sp[2] / sp[0] >= 1.8  # thick slices
-    assert 60 <= case.mri.GetSize()[0] <= 68 and 16 <= case.mri.GetSize()[2] <= 24
+    assert 60 <= case.mri.GetSize()[0] <= 72 and 16 <= case.mri.GetSize()[2] <= 24
     d = np.array(case.mri.GetDirection()).reshape(3, 3)
     assert np.abs(d - np.eye(3)).max() > 0.1  # non-identity direction
     assert np.linalg.norm(case.mri.GetOrigin()) > 10.0
@@ -66,6 +66,11 @@ def test_landmarks_and_truth_are_exact(case):
                    "acetabulum_roof", "lesion_boundary_1", "head_surface_superior", "neck_surface_superior"):
         assert needed in names
     assert len(case.landmark_names("femur")) >= 15 and len(case.landmark_names("pelvis")) >= 5
+    # the lesion and head landmarks are inside both images (others may fall outside a small field)
+    outside = case.params["landmarks_outside_fov"]
+    for n in ("lesion_centroid", "head_centre", *[f"lesion_boundary_{k}" for k in range(1, 7)]):
+        assert n not in outside["mri"] and n not in outside["ct"], n
+    assert len(outside["mri"]) <= 4 and len(outside["ct"]) <= 4
     for n in names:
         T = case.T_ct_from_mri_femur if case.landmark_structure[n] == "femur" else case.T_ct_from_mri_pelvis
         np.testing.assert_allclose(T.apply(case.landmarks_mri[n]), case.landmarks_ct[n], atol=1e-9)
@@ -249,3 +254,25 @@ def test_block_skipping_renders_exactly_like_brute_force(monkeypatch):
     for k in ("mri", "labels", "ct", "labels_ct"):
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(getattr(fast, k)),
                                       sitk.GetArrayViewFromImage(getattr(slow, k)), err_msg=k)
+
+
+def test_lesion_variants_size_oedema_collapse():
+    fr = [make_case(5, "small", modalities=(), lesion_size=s).params["lesion_head_fraction"]
+          for s in ("small", "medium", "large")]
+    assert 0.03 < fr[0] < fr[1] < fr[2] < 0.55
+    assert fr[0] < 0.15 and fr[2] > 0.22
+    # stage 3 depresses the head surface over the lesion; stage 2 leaves the sphere intact
+    s2 = make_case(5, "small", modalities=(), arco_stage=2, oedema=False)
+    s3 = make_case(5, "small", modalities=(), arco_stage=3)
+    m2, m3 = HipModel(s2.params["anatomy"]), HipModel(s3.params["anatomy"])
+    top = m3.collapse_point[None]
+    assert m2.femur_sdf(top)[0] == pytest.approx(0.0, abs=1e-9)
+    assert m3.femur_sdf(top)[0] == pytest.approx(s3.params["anatomy"]["lesion"]["collapse_mm"], abs=1e-9)
+    # oedema: bright on the fluid-sensitive MRI around the lesion, absent without it
+    with_o = make_case(5, "small", modalities=("mri",), arco_stage=3, oedema=True, mri_noise_fraction=0.0)
+    no_o = make_case(5, "small", modalities=("mri",), arco_stage=3, oedema=False, mri_noise_fraction=0.0)
+    for c, bright in ((with_o, True), (no_o, False)):
+        fluid = sitk.GetArrayViewFromImage(c.mri_fluid)
+        femur = sitk.GetArrayViewFromImage(c.labels) == 1  # femur outside the lesion
+        n_bright = int((fluid[femur] > 500).sum())
+        assert (n_bright > 50) == bright, (bright, n_bright)
