@@ -277,8 +277,8 @@ def _write_case(case: Case, out: Path) -> Path:
         if img is not None:
             write_image(out / fname, img)
     names = list(case.landmarks_mri)
-    write_markups(out / "landmarks_mri.mrk.json", [fiducials("landmarks_mri", case.landmarks_mri)])
-    write_markups(out / "landmarks_ct.mrk.json", [fiducials("landmarks_ct", case.landmarks_ct)])
+    write_markups(out / "landmarks_mri.mrk.json", [fiducials("landmarks_mri", {n: p.tolist() for n, p in case.landmarks_mri.items()})])
+    write_markups(out / "landmarks_ct.mrk.json", [fiducials("landmarks_ct", {n: p.tolist() for n, p in case.landmarks_ct.items()})])
     outside = case.params.get("landmarks_outside_fov", {})
     write_json_atomic(out / "landmarks.json", {
         "coordinate_system": "LPS", "units": "mm", "definition": LANDMARK_DEFINITION,
