@@ -5,8 +5,8 @@ Rules (each violation names the trajectory, the rule and the distance):
 * ``in_field_of_view`` -- entry and target lie inside the image, ``fov_margin_mm`` from its
   edges (a femur cut by the field of view has no cortex there);
 * ``target_in_lesion`` -- the target lies in the necrotic lesion;
-* ``path_in_femur`` -- the path enters the femur within ``entry_tolerance_mm`` of the
-  planned entry and stays in it until the target;
+* ``path_in_femur`` -- the planned entry lies within ``entry_tolerance_mm`` of the femur's
+  surface (outside or inside), and the path stays in the femur from there to the target;
 * ``articular_margin`` -- the drill tip's edge stays ``articular_margin_mm`` inside the
   articular surface (a target outside the head is a breach into the joint);
 * ``cortical_clearance`` -- beyond the entry zone, the drill's edge keeps
@@ -152,6 +152,10 @@ def trajectory_violations(
         add("path_in_femur", fig.max_outside_mm, 0.0, "mm",
             "the path never enters the femur; expected it to run inside the femur to the target")
     else:
+        if fig.entry_depth_mm > margins.entry_tolerance_mm:
+            add("path_in_femur", fig.entry_depth_mm, margins.entry_tolerance_mm, "mm",
+                f"the planned entry lies {_fmt(fig.entry_depth_mm)} mm deep inside the femur; expected it "
+                f"on the bone surface (within {margins.entry_tolerance_mm:g} mm)")
         if fig.entry_offset_mm > margins.entry_tolerance_mm:
             add("path_in_femur", fig.entry_offset_mm, margins.entry_tolerance_mm, "mm",
                 f"the path reaches the femur {_fmt(fig.entry_offset_mm)} mm after the planned entry; "

@@ -296,7 +296,9 @@ class PathFigures:
     * ``target_lesion_sdf_mm``: signed distance of the target to the lesion (<= 0: inside);
     * ``entry_angle_deg``: angle between the outward surface normal at the bone entry and
       the lateral direction; ``entry_level_mm``: the bone entry's height relative to the head
-      centre; ``entry_lateral_mm``: its offset lateral of the shaft axis.
+      centre; ``entry_lateral_mm``: its offset lateral of the shaft axis;
+    * ``entry_depth_mm``: how deep inside the femur the planned entry lies (<= 0: on or
+      outside the surface).
     """
 
     length_mm: float
@@ -311,6 +313,7 @@ class PathFigures:
     entry_angle_deg: float
     entry_level_mm: float
     entry_lateral_mm: float
+    entry_depth_mm: float = 0.0
 
 
 def measure_path(
@@ -374,6 +377,7 @@ def measure_path(
         entry_angle_deg=angle,
         entry_level_mm=float(anatomy.level_mm(bone_entry)),
         entry_lateral_mm=float(anatomy.lateral_offset_mm(bone_entry)),
+        entry_depth_mm=float(-sdf[0]),
     )
 
 

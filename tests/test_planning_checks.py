@@ -134,6 +134,17 @@ def test_entry_far_from_the_bone_is_refused(case):
     assert "after the planned entry" in str(err)
 
 
+def test_entry_deep_inside_the_bone_is_refused(case):
+    f, plan = case
+    t = plan.trajectories[0]
+    entry = np.asarray(t.entry_lps) + 25.0 * t.direction_lps  # 25 mm along the path: in the neck
+    err = _violations(f, _with(plan, entry_lps=entry))
+    v = next(v for v in err.violations if v.rule == "path_in_femur")
+    depth = float(f.surface_distance_mm(entry[None])[0])  # exact depth of the entry below the surface
+    assert v.value == pytest.approx(depth, abs=AGREE_MM)
+    assert "mm deep inside the femur; expected it on the bone surface" in str(err)
+
+
 def test_entry_above_the_trochanter_rule():
     f = cached_analytic_femur("right", 6.0, 13.0, 5)
     anatomy = femur_anatomy(bone_fields(f.labels))

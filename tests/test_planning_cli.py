@@ -80,3 +80,13 @@ def test_export_then_import_round_trip(files, tmp_path):
     assert cli.main(["plan", "import", str(mrk), "--mri", str(files / "mri.nii.gz"), "--seg",
                      str(files / "seg.nii.gz"), "-o", str(out), "--case-id", "cli-01"]) == 0
     assert load_plan(out).trajectories == load_plan(files / "plan.json").trajectories
+
+
+def test_check_refuses_another_segmentation_given_on_the_command_line(files, tmp_path, capsys):
+    other = tmp_path / "other.nii.gz"
+    other.write_bytes((files / "seg.nii.gz").read_bytes() + b"\0")
+    args = ["plan", "check", str(files / "plan.json"), "--seg", str(other)]
+    assert cli.main(args) == 6
+    assert "is not the segmentation image plan cli-01 was made on" in capsys.readouterr().err
+    # the recorded segmentation itself is accepted
+    assert cli.main(["plan", "check", str(files / "plan.json"), "--seg", str(files / "seg.nii.gz")]) == 0

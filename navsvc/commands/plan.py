@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("plan", type=Path)
     _images(s, required=False)
     s.add_argument("--png", type=Path, default=None, help="PNG to write (default: next to the plan)")
-    s.add_argument("--no-verify-hashes", action="store_true")
+    s.add_argument("--no-verify-hashes", action="store_true", help="skip the SHA-256 check of images")
     s.set_defaults(func=_show)
 
     e = psub.add_parser("export", help="write a plan as 3D Slicer markups (a line per trajectory)")
@@ -93,9 +93,23 @@ def _read(mri_path: Path | None, seg_path: Path, spec: Any) -> tuple[Any, Any]:
 
 
 def _plan_images(plan: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """MRI and labels for a loaded plan: --mri/--seg if given, else the plan's recorded paths."""
+    """MRI and labels for a loaded plan: --mri/--seg if given, else the plan's recorded paths.
+    An image given on the command line must match the plan's recorded SHA-256 unless
+    --no-verify-hashes."""
     from navsvc.imaging import LabelSpec
-    from planning.model import resolve_image_path
+    from planning.model import resolve_image_path, sha256_file
+
+    for role, given in (("mri", args.mri), ("segmentation", args.seg)):
+        ref = plan.image(role)
+        if given is None or ref is None or args.no_verify_hashes:
+            continue
+        if not Path(given).is_file():
+            raise PlanError(f"{role} image not found: {given}")
+        if sha256_file(given) != ref.sha256:
+            raise PlanError(
+                f"{given} is not the {role} image plan {plan.case_id} was made on (SHA-256 differs from "
+                f"{ref.sha256[:12]}...); pass --no-verify-hashes to check the plan against it anyway"
+            )
 
     spec = _spec(args) if args.seg is not None else LabelSpec(**plan.labels)
     seg = args.seg
