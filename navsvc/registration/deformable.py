@@ -220,7 +220,7 @@ def deformable_stage(
     mi_rigid = qa.masked_mi(ct, mri, roi, T_mri_from_ct_rigid)
     mi_def = qa.masked_mi(ct, mri, roi, T_mri_from_ct)
     if surfaces is None:
-        ct_bone = bone.segment_ct_bone(ct, options.bone_threshold_hu)
+        ct_bone = bone.segment_ct_bone(ct, options.threshold_for(ct.GetSpacing()))
         surfaces = (bone.label_surface(femur_mri, (1,)), bone.ct_bone_surface(ct, ct_bone))
     mri_surface, ct_surface = surfaces
     s_rigid, _ = qa.surface_distance_mm(mri_surface.points_mm[::4], rigid, ct_surface.points_mm)

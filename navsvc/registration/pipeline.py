@@ -132,9 +132,10 @@ def register_mri_to_ct(
         mri_surface = bone.label_surface(labels, bone.femur_values(options.labels))
         # the head's joint surface touches the acetabulum: a CT cannot separate the two
         mri_surface = bone.exclude_near(mri_surface, labels == options.labels.pelvis, options.joint_exclusion_mm)
-        ct_bone = bone.segment_ct_bone(ct, options.bone_threshold_hu)
+        threshold_hu = options.threshold_for(ct.GetSpacing())
+        ct_bone = bone.segment_ct_bone(ct, threshold_hu)
         ct_surface = bone.ct_bone_surface(ct, ct_bone)
-    stages["surface_points"] = {"mri": len(mri_surface), "ct": len(ct_surface)}
+    stages["surface_points"] = {"mri": len(mri_surface), "ct": len(ct_surface), "bone_threshold_hu": threshold_hu}
     progress("surfaces", 0.08, f"bone surfaces: MRI {len(mri_surface)} points, CT {len(ct_surface)} points")
     if cancel:
         cancel.check()
@@ -198,10 +199,16 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
                   progress: ProgressFn, cancel: CancelToken | None) -> RigidTransform:
     from navsvc.registration import rigid as rigid_mod
 
+    def rank(m: F) -> float:
+        """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m."""
+        T_mri_from_ct = RigidTransform(m, CT, MRI).inverse()
+        roi = _roi(qa.map_mask(femur_mri, ct, T_mri_from_ct), options.roi_margin_mm)
+        return -qa.masked_mi(ct, mri, roi, T_mri_from_ct)
+
     with timer.stage("rigid_surface"):
         fit = rigid_mod.surface_rigid(mri_surface, ct_surface, voxel_mm=options.surface_voxel_mm,
                                       seed=options.seed, n_starts=options.ransac_starts,
-                                      max_rotation_deg=options.qa.max_rotation_deg,
+                                      max_rotation_deg=options.qa.max_rotation_deg, rank=rank,
                                       progress=scaled(progress, 0.0, 0.6), cancel=cancel)
     T_surface = RigidTransform(fit.T_ct_from_mri, CT, MRI)
     stages["rigid_surface"] = {"score_mm": fit.score_mm, "start": fit.source, "starts": fit.candidates,
@@ -213,7 +220,7 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
         center = T_surface.apply(mri_surface.points_mm.mean(0))
         tx, before, after = rigid_mod.intensity_refine(
             ct, mri, roi, T_surface.inverse().to_sitk(), center_mm=center,
-            iterations=options.mi_iterations, cancel=cancel)
+            iterations=options.mi_iterations, spacing_mm=options.mi_spacing_mm, cancel=cancel)
     progress("rigid", 1.0, "rigid done")
     T_refined = RigidTransform.from_sitk(tx, MRI, CT).inverse()
     delta = T_refined @ T_surface.inverse()
@@ -233,10 +240,13 @@ def _elastix(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: si
     fixed_mask = sitk.BinaryDilate(ct_bone, [max(1, int(round(5.0 / s))) for s in ct.GetSpacing()])
     progress("elastix", 0.1, f"elastix ({options.elastix_config})")
     with timer.stage("elastix"):
-        rigid, deformed = elastix_register(ct, mri, moving_mask=moving_mask, fixed_mask=fixed_mask,
-                                           config=options.elastix_config,
-                                           bspline=options.method == "elastix" and options.elastix_bspline,
-                                           threads=options.threads)
+        try:
+            rigid, deformed = elastix_register(ct, mri, moving_mask=moving_mask, fixed_mask=fixed_mask,
+                                               config=options.elastix_config,
+                                               bspline=options.method == "elastix" and options.elastix_bspline,
+                                               threads=options.threads)
+        except RuntimeError as exc:  # elastix stops with an internal error (e.g. too few samples)
+            raise RegistrationFailed(f"elastix stopped: {str(exc).strip().splitlines()[-1]}") from exc
     progress("elastix", 0.9, "elastix done")
     return rigid, deformed
 
@@ -258,7 +268,7 @@ def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sit
     inside = contains_points(ct, T_ct_from_mri.apply(pts)) if len(pts) else np.zeros(0, bool)
     figures["femur_in_ct_fraction"] = float(inside.mean()) if len(inside) else 0.0
     mapped = qa.map_mask(femur_mri, ct, T_mri_from_ct)
-    ct_bone_filled = bone.segment_ct_bone(ct, options.bone_threshold_hu, fill="slices")
+    ct_bone_filled = bone.segment_ct_bone(ct, options.threshold_for(ct.GetSpacing()), fill="slices")
     figures["femur_dice"] = qa.femur_dice(mapped, ct_bone_filled)
     jmin, jmax = qa.jacobian_determinant_range(field_mm)
     figures["jacobian_min"], figures["jacobian_max"] = jmin, jmax

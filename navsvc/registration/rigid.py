@@ -12,6 +12,7 @@ Contracts (all LPS mm):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,11 +70,14 @@ def surface_rigid(
     seed: int = 0,
     n_starts: int = 3,
     max_rotation_deg: float = 75.0,
+    rank: Callable[[F], float] | None = None,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
 ) -> SurfaceFit:
-    """Global pose by FPFH + RANSAC from several seeds plus a centroid start, each refined by
-    point-to-plane ICP; the start with the lowest capped surface distance wins.
+    """Global pose by FPFH + RANSAC from several seeds, plus a centroid start and the identity
+    (both images are in patient coordinates), each refined by point-to-plane ICP. The start
+    with the lowest ``rank(T_ct_from_mri)`` wins (e.g. minus the femur's mutual information);
+    without ``rank``, the lowest capped surface distance.
 
     Starts whose rotation exceeds ``max_rotation_deg`` are dropped when another start remains:
     MRI and CT are both in patient coordinates, so a half-turn is a mirror-image fit, not a pose.
@@ -105,6 +109,7 @@ def surface_rigid(
     centroid = np.eye(4)
     centroid[:3, 3] = np.asarray(tgt.get_center()) - np.asarray(src.get_center())
     starts.append(("centroid", centroid))
+    starts.append(("identity", np.eye(4)))
     tree = cKDTree(ct_surface.points_mm)
     src_icp, tgt_icp = src_full.voxel_down_sample(1.5), tgt_full.voxel_down_sample(1.5)
     src_pts = np.asarray(src_icp.points)
@@ -112,13 +117,15 @@ def surface_rigid(
     for n, (name, init) in enumerate(starts):
         if cancel:
             cancel.check()
-        m = icp(src_icp, tgt_icp, init)
-        score = trimmed_distance_mm(src_pts @ m[:3, :3].T + m[:3, 3], tree)
+        m = icp(src_icp, tgt_icp, init, (20.0, 10.0, 5.0, 2.5, 1.0) if name == "identity" else (8.0, 4.0, 2.0, 1.0))
+        dist = trimmed_distance_mm(src_pts @ m[:3, :3].T + m[:3, 3], tree)
+        score = rank(m) if rank is not None else dist
         fits.append((score, name, m))
-        log.debug("start %s: score %.3f mm, rotation %.1f deg", name, score, rotation_angle_deg(m))
+        log.debug("start %s: rank %.4f, surface %.3f mm, rotation %.1f deg", name, score, dist, rotation_angle_deg(m))
         progress("rigid", 0.3 + 0.4 * (n + 1) / len(starts), f"ICP {n + 1}/{len(starts)}")
     plausible = [f for f in fits if rotation_angle_deg(f[2]) <= max_rotation_deg] or fits
-    score, name, best = min(plausible, key=lambda f: f[0])
+    _, name, best = min(plausible, key=lambda f: f[0])
+    score = trimmed_distance_mm(src_pts @ best[:3, :3].T + best[:3, 3], tree)
     return SurfaceFit(best, score, len(starts), name)
 
 
@@ -136,6 +143,13 @@ def icp(src: o3d.geometry.PointCloud, tgt: o3d.geometry.PointCloud, init: F,
     return m
 
 
+def resample_to_spacing(image: sitk.Image, spacing_mm: float, interpolator: int) -> sitk.Image:
+    """Same box and direction, isotropic ``spacing_mm``."""
+    from navsvc.imaging import resample_isotropic
+
+    return resample_isotropic(image, spacing_mm, interpolator)
+
+
 def intensity_refine(
     ct: sitk.Image,
     mri: sitk.Image,
@@ -145,12 +159,14 @@ def intensity_refine(
     center_mm: F,
     iterations: int = 200,
     bins: int = 40,
+    spacing_mm: float | None = 1.2,
     cancel: CancelToken | None = None,
 ) -> tuple[sitk.Euler3DTransform, float, float]:
     """Rigid refinement with Mattes MI restricted to ``fixed_mask`` (CT grid, the femur region).
 
     Returns (T_mri_from_ct as an Euler3DTransform about ``center_mm``, metric before, metric
-    after); SimpleITK's MI metric is negative, lower is better.
+    after); SimpleITK's MI metric is negative, lower is better. Every voxel of the region is
+    used (no random subset); a CT finer than ``spacing_mm`` is resampled to it first.
     """
     tx = sitk.Euler3DTransform()
     tx.SetCenter([float(c) for c in center_mm])
@@ -189,7 +205,13 @@ def intensity_refine(
 
     roi = sitk.GetArrayViewFromImage(fixed_mask) > 0
     fixed = crop_to_mask(sitk.Cast(ct, sitk.sitkFloat32), roi, margin_vox=2)
-    method.SetMetricFixedMask(crop_to_mask(fixed_mask, roi, margin_vox=2))
+    mask = crop_to_mask(fixed_mask, roi, margin_vox=2)
+    if spacing_mm and min(ct.GetSpacing()) < spacing_mm:
+        # a fine CT is smoothed and resampled to ``spacing_mm`` (the MRI is coarser anyway)
+        fixed = sitk.SmoothingRecursiveGaussian(fixed, 0.4 * spacing_mm)
+        fixed = resample_to_spacing(fixed, spacing_mm, sitk.sitkLinear)
+        mask = resample_to_spacing(mask, spacing_mm, sitk.sitkNearestNeighbor)
+    method.SetMetricFixedMask(mask)
     moving = sitk.Cast(mri, sitk.sitkFloat32)
     before = method.MetricEvaluate(fixed, moving)
     method.Execute(fixed, moving)
