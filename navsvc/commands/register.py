@@ -1,13 +1,80 @@
-"""`navsvc register`: register the preoperative MRI to an intraoperative CT or fluoroscopy (offline)"""
+"""`navsvc register`: register the preoperative MRI to an intraoperative CT (offline)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
-
-from navsvc.commands import not_built
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("register", help="register the preoperative MRI to an intraoperative CT or fluoroscopy (offline) [not built yet]")
-    p.set_defaults(func=not_built("register", 5, "the registration pipeline"))
+    p: argparse.ArgumentParser = sub.add_parser(
+        "register",
+        help="register the preoperative MRI to an intraoperative CT (offline)",
+        description="Register MRI (+ segmentation) to an intraoperative CT. Writes DIR/T_ct_from_mri.h5, "
+        "DIR/T_mri_from_ct.h5, DIR/qa.json, DIR/lesion_in_ct.nii.gz, DIR/overlay.png and, with --points, "
+        "DIR/points_ct.mrk.json. Exits non-zero when the QA gate says FAIL (qa.json is still written).",
+    )
+    p.add_argument("--mri", required=True, type=Path, help="preoperative MRI volume")
+    p.add_argument("--seg", required=True, type=Path, help="segmentation on the MRI grid (femur, necrosis, pelvis)")
+    p.add_argument("--ct", required=True, type=Path, help="intraoperative CT in Hounsfield units")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--points", type=Path, help="Slicer markups (.mrk.json) of MRI-frame points to map into the CT")
+    p.add_argument("--method", default="navsvc", choices=["navsvc", "rigid", "elastix", "elastix-rigid"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--labels", default="femur=1,necrosis=2,pelvis=3", help="label values in --seg")
+    p.add_argument("--elastix-config", default="careful", choices=["careful", "default"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from navsvc.errors import RegistrationFailed, exit_code_for
+    from navsvc.imaging import LabelSpec, read_image, read_label_map
+    from navsvc.markups import read_points
+    from navsvc.registration import RegistrationOptions, register_mri_to_ct, write_result
+
+    spec = LabelSpec.parse(args.labels)
+    options = RegistrationOptions(method=args.method, device=args.device, labels=spec, seed=args.seed,
+                                  elastix_config=args.elastix_config)
+    mri = read_image(args.mri, "MRI (--mri)")
+    labels = read_label_map(args.seg, spec, name="segmentation (--seg)")
+    ct = read_image(args.ct, "CT (--ct)")
+    points = read_points(args.points) if args.points else None
+    import numpy as np
+
+    targets = np.array(list(points.values())) if points else None
+    console = Console(stderr=True)
+    if args.no_progress:
+        result = register_mri_to_ct(mri, labels, ct, options, targets_mri=targets)
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("registration", total=1.0)
+
+            def report(stage: str, fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=f"{stage}: {message}"[:70])
+
+            result = register_mri_to_ct(mri, labels, ct, options, targets_mri=targets, progress=report)
+    files = write_result(result, args.out, mri=mri, labels=labels, ct=ct, points_mri=points, spec=spec)
+    qa = result.qa
+    out = sys.stdout
+    print(f"verdict: {qa.verdict}", file=out)
+    for reason in qa.reasons:
+        print(f"  - {reason}", file=out)
+    for note in qa.notes:
+        print(f"  note: {note}", file=out)
+    keys = ("surface_distance_mean_mm", "femur_dice", "inverse_consistency_mm", "jacobian_min", "rotation_deg")
+    print("  " + ", ".join(f"{k}={qa.figures[k]:.3f}" for k in keys if k in qa.figures), file=out)
+    print(f"  time {result.timings_s.get('total', 0.0):.1f} s; files in {args.out}:", file=out)
+    for path in files.values():
+        print(f"    {path.name}", file=out)
+    if qa.verdict == "FAIL":
+        print("navsvc: registration FAILED the QA gate: " + "; ".join(qa.reasons), file=sys.stderr)
+        return exit_code_for(RegistrationFailed("QA gate FAIL"))
+    return 0

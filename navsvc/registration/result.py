@@ -1,0 +1,140 @@
+"""Options, QA report and result types of the MRI -> CT registration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from navsvc.errors import ConfigError
+from navsvc.imaging import LabelSpec
+from navsvc.transforms import AnyTransform, RigidTransform
+
+Verdict = Literal["PASS", "WARN", "FAIL"]
+METHODS = ("navsvc", "rigid", "elastix", "elastix-rigid")
+ELASTIX_CONFIGS = ("careful", "default")
+
+
+@dataclass(frozen=True)
+class QAThresholds:
+    """Gate limits. ``*_warn`` gives WARN above it, ``*_fail`` gives FAIL above it (mm unless named)."""
+
+    surface_mean_warn_mm: float = 1.5
+    surface_mean_fail_mm: float = 2.5
+    surface_p95_fail_mm: float = 3.5
+    dice_warn: float = 0.75  # below: WARN
+    dice_fail: float = 0.6  # below: FAIL
+    inverse_warn_mm: float = 0.1
+    inverse_fail_mm: float = 0.5
+    tre_warn_mm: float = 1.0
+    tre_fail_mm: float = 2.0
+    femur_in_fov_fail: float = 0.5  # fraction of the femur surface inside the CT; below: FAIL
+    max_rotation_deg: float = 75.0  # both images are in patient coordinates
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """Options of :func:`navsvc.registration.register_mri_to_ct`.
+
+    method: ``navsvc`` (surface + intensity rigid, then the constrained deformable stage),
+    ``rigid`` (the rigid stages only), ``elastix`` (elastix rigid MI + B-spline) or
+    ``elastix-rigid`` (elastix rigid MI only). device: torch device for the deformable
+    stage, ``auto`` = CUDA when available. ``initial_velocity``: a (3, Z, Y, X) torch tensor
+    on the deformable grid (voxel units of that grid), e.g. from a learned network.
+    """
+
+    method: str = "navsvc"
+    device: str = "auto"
+    labels: LabelSpec = field(default_factory=LabelSpec)
+    seed: int = 0
+    bone_threshold_hu: float | None = None  # None: auto from the CT spacing (see bone_threshold_for)
+    surface_voxel_mm: float = 3.0
+    joint_exclusion_mm: float = 5.0
+    ransac_starts: int = 2
+    mi_iterations: int = 200
+    mi_spacing_mm: float = 1.2
+    roi_margin_mm: float = 6.0
+    deformable_iterations: int = 20
+    deformable_grid_mm: float = 25.0
+    deformable_spacing_mm: float = 5.0
+    deformable_rigidity_weight: float = 10.0
+    deformable_smooth_weight: float = 1.0
+    deformable_max_femur_mm: float = 2.5
+    deformable_lr: float = 0.05
+    initial_velocity: Any = None
+    elastix_config: str = "careful"
+    elastix_bspline: bool = True
+    threads: int | None = None
+    qa: QAThresholds = field(default_factory=QAThresholds)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"expected method one of {METHODS}, got {self.method!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"expected device auto|cpu|cuda, got {self.device!r}")
+        if self.elastix_config not in ELASTIX_CONFIGS:
+            raise ConfigError(f"expected elastix_config one of {ELASTIX_CONFIGS}, got {self.elastix_config!r}")
+
+    def threshold_for(self, ct_spacing_mm: tuple[float, ...]) -> float:
+        """CT bone threshold (HU): the given one, or ``max(100, 300 - 65 * largest spacing)``.
+
+        The periosteal cortex is partial-volumed on coarse grids (median shell HU ~ 210-260 on
+        a real 3 mm CT), so the threshold drops with voxel size: 250 HU at 0.8 mm, 170 at 2 mm,
+        105 at 3 mm -- always well above muscle (40-60 HU).
+        """
+        if self.bone_threshold_hu is not None:
+            return float(self.bone_threshold_hu)
+        return max(100.0, 300.0 - 65.0 * float(max(ct_spacing_mm)))
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        return self.device
+
+
+@dataclass
+class QAReport:
+    """Gate verdict with its reasons and the figures it was decided on (units in the keys)."""
+
+    verdict: Verdict
+    reasons: list[str]
+    figures: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RegistrationResult:
+    """``T_ct_from_mri`` maps MRI points into the CT; ``T_mri_from_ct`` resamples the MRI onto the CT."""
+
+    T_ct_from_mri: AnyTransform
+    T_mri_from_ct: AnyTransform
+    qa: QAReport
+    timings_s: dict[str, float]
+    method: str
+    versions: dict[str, str]
+    T_ct_from_mri_rigid: RigidTransform | None = None
+    stages: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_rigid(self) -> bool:
+        return isinstance(self.T_ct_from_mri, RigidTransform)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "method": self.method,
+            "verdict": self.qa.verdict,
+            "qa": self.qa.to_dict(),
+            "timings_s": dict(self.timings_s),
+            "versions": dict(self.versions),
+            "stages": self.stages,
+            "kind": "rigid" if self.is_rigid else "rigid+deformable",
+        }
+        if self.T_ct_from_mri_rigid is not None:
+            out["T_ct_from_mri_rigid"] = self.T_ct_from_mri_rigid.matrix.tolist()
+        return out

@@ -1,0 +1,52 @@
+"""Registration methods for the phantom validation harness (``navsvc validate --method NAME``).
+
+Imported by :mod:`phantoms.validate` as a plugin; registers ``navsvc`` (full pipeline),
+``rigid`` (rigid stages only), ``elastix`` (careful rigid + B-spline), ``elastix-rigid``
+(careful rigid) and ``elastix-default`` (elastix's default rigid map).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from navsvc.registration.pipeline import register_mri_to_ct
+from navsvc.registration.result import RegistrationOptions
+
+#: harness name -> options
+METHOD_OPTIONS: dict[str, RegistrationOptions] = {
+    "navsvc": RegistrationOptions(method="navsvc"),
+    "rigid": RegistrationOptions(method="rigid"),
+    "elastix": RegistrationOptions(method="elastix", elastix_config="careful"),
+    "elastix-rigid": RegistrationOptions(method="elastix-rigid", elastix_config="careful"),
+    "elastix-default": RegistrationOptions(method="elastix-rigid", elastix_config="default"),
+}
+
+
+def run_case(case: Any, options: RegistrationOptions) -> Any:
+    """Register one phantom case; returns the harness's MethodResult with QA in ``extra``."""
+    from phantoms.validate import MethodResult
+
+    targets = [case.landmarks_mri[n] for n in case.landmark_names("femur")]
+    t0 = time.perf_counter()
+    result = register_mri_to_ct(case.mri, case.labels, case.ct, options)
+    seconds = time.perf_counter() - t0
+    extra = {"verdict": result.qa.verdict, "reasons": result.qa.reasons, "notes": result.qa.notes,
+             "figures": result.qa.figures, "timings_s": result.timings_s, "n_targets": len(targets),
+             "T_ct_from_mri_rigid": result.T_ct_from_mri_rigid, "stages": result.stages}
+    return MethodResult(result.T_ct_from_mri, seconds, extra)
+
+
+def _register_all() -> None:
+    from phantoms.validate import register_method
+
+    for name, opts in METHOD_OPTIONS.items():
+        register_method(name, lambda case, o=opts: run_case(case, o), replace=True)
+
+
+def options_for(name: str, **overrides: Any) -> RegistrationOptions:
+    return replace(METHOD_OPTIONS[name], **overrides)
+
+
+_register_all()

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC stubs of navsvc.v1 (do not edit)."""
