@@ -141,7 +141,30 @@ def deformable_stage(
     """Optimise the low-order velocity field; returns the accepted composite or the rigid result.
 
     ``surfaces``: (MRI femur surface, CT bone surface) when the caller has them already.
+    On CPU, torch runs with ``options.threads`` threads (default 1) inside this stage: the
+    grid is small, and OpenMP spinning on shared cores made it ~9x slower with 2 threads.
     """
+    device = options.resolved_device()
+    if device != "cpu":
+        return _deformable_stage(ct, mri, femur_mri, rigid, options, surfaces, progress, cancel)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(options.threads or 1))
+    try:
+        return _deformable_stage(ct, mri, femur_mri, rigid, options, surfaces, progress, cancel)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _deformable_stage(
+    ct: sitk.Image,
+    mri: sitk.Image,
+    femur_mri: sitk.Image,
+    rigid: RigidTransform,
+    options: RegistrationOptions,
+    surfaces: tuple[bone.Surface, bone.Surface] | None,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+) -> DeformableOutput:
     from monai.losses import BendingEnergyLoss
     from monai.networks.blocks import DVF2DDF
 

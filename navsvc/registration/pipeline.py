@@ -218,8 +218,12 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
         if not sitk.GetArrayViewFromImage(roi).any():
             raise RegistrationFailed("the femur maps outside the CT after the surface fit")
         center = T_surface.apply(mri_surface.points_mm.mean(0))
+        mri_for_mi = mri
+        if options.fat_shift_mm is not None:
+            mri_for_mi = rigid_mod.fat_shift_corrected(sitk.Cast(mri, sitk.sitkFloat32), femur_mri,
+                                                       np.asarray(options.fat_shift_mm, dtype=np.float64))
         tx, before, after = rigid_mod.intensity_refine(
-            ct, mri, roi, T_surface.inverse().to_sitk(), center_mm=center,
+            ct, mri_for_mi, roi, T_surface.inverse().to_sitk(), center_mm=center,
             iterations=options.mi_iterations, spacing_mm=options.mi_spacing_mm, cancel=cancel)
     progress("rigid", 1.0, "rigid done")
     T_refined = RigidTransform.from_sitk(tx, MRI, CT).inverse()
