@@ -127,6 +127,25 @@ def _field_image(ddf_vox: NDArray[np.float64], grid: sitk.Image) -> sitk.Image:
     return img
 
 
+def velocity_transform(v: torch.Tensor, grid: sitk.Image, num_steps: int = 7) -> tuple[Transform, sitk.Image]:
+    """``D(x) = x + u(x)`` (CT -> CT) from a stationary velocity ``v`` (1, 3, Z, Y, X), voxels of
+    ``grid``, channels (z, y, x); ``u`` by scaling and squaring, the inverse from ``-v``.
+
+    Returns (D with its inverse attached, the displacement field image in LPS mm).
+    """
+    from monai.networks.blocks import DVF2DDF
+
+    integrate = DVF2DDF(num_steps=num_steps, mode="bilinear", padding_mode="zeros")
+    with torch.no_grad():
+        ddf = integrate(v).cpu().numpy()[0].astype(np.float64)
+        ddf_inv = integrate(-v).cpu().numpy()[0].astype(np.float64)
+    field_img = _field_image(ddf, grid)
+    inv_img = _field_image(ddf_inv, grid)
+    D = Transform(sitk.DisplacementFieldTransform(sitk.Image(field_img)), CT, CT,
+                  sitk.DisplacementFieldTransform(sitk.Image(inv_img)))
+    return D, field_img
+
+
 def deformable_stage(
     ct: sitk.Image,
     mri: sitk.Image,
@@ -226,13 +245,7 @@ def _deformable_stage(
         if it % 10 == 0:
             progress("deformable", it / options.deformable_iterations, f"iteration {it}, loss {losses[-1]:.4f}")
     with torch.no_grad():
-        v = velocity()
-        ddf = integrate(v).cpu().numpy()[0].astype(np.float64)
-        ddf_inv = integrate(-v).cpu().numpy()[0].astype(np.float64)
-    field_img = _field_image(ddf, grid)
-    inv_img = _field_image(ddf_inv, grid)
-    D = Transform(sitk.DisplacementFieldTransform(sitk.Image(field_img)), CT, CT,
-                  sitk.DisplacementFieldTransform(sitk.Image(inv_img)))
+        D, field_img = velocity_transform(velocity(), grid)
     T_mri_from_ct = T_mri_from_ct_rigid @ D
     T_ct_from_mri = D.inverse() @ rigid
     u_mm = np.linalg.norm(sitk.GetArrayViewFromImage(field_img), axis=-1)
