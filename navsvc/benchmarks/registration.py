@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
             per_method[m].append(r)
             tre = r.get("tre", {})
             console.print(f"   {m:16s} TRE mean {tre.get('mean', float('nan')):.3f} max {tre.get('max', float('nan')):.3f} mm"
-                          f"  {r.get('wall_seconds', float('nan')):.1f} s  {r.get('verdict')}  {r.get('error', '')}")
+                          f"  {r.get('wall_seconds', float('nan')):.1f} s  {r.get('verdict')}  {r.get('error', '')}"
+                          f"  {'; '.join(r.get('reasons') or [])[:160]}")
     real_seg = None
     if args.real_ct != "none":
         case, real_seg = _real_ct_case(args.real_ct)

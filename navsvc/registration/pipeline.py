@@ -266,11 +266,13 @@ def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sit
     if len(pts) > 4000:
         pts = pts[rng.choice(len(pts), 4000, replace=False)]
     figures: dict[str, float] = {}
-    mean_mm, p95_mm = qa.surface_distance_mm(pts, T_ct_from_mri, ct_surface.points_mm)
-    figures["surface_distance_mean_mm"] = mean_mm
-    figures["surface_distance_p95_mm"] = p95_mm
     inside = contains_points(ct, T_ct_from_mri.apply(pts)) if len(pts) else np.zeros(0, bool)
     figures["femur_in_ct_fraction"] = float(inside.mean()) if len(inside) else 0.0
+    # only the femur the CT shows can be judged: points mapped inside its field of view (3 mm in)
+    seen = contains_points(ct, T_ct_from_mri.apply(pts), margin_mm=3.0) if len(pts) else inside
+    mean_mm, p95_mm = qa.surface_distance_mm(pts[seen], T_ct_from_mri, ct_surface.points_mm)
+    figures["surface_distance_mean_mm"] = mean_mm
+    figures["surface_distance_p95_mm"] = p95_mm
     mapped = qa.map_mask(femur_mri, ct, T_mri_from_ct)
     ct_bone_filled = bone.segment_ct_bone(ct, options.threshold_for(ct.GetSpacing()), fill="slices")
     figures["femur_dice"] = qa.femur_dice(mapped, ct_bone_filled)

@@ -29,7 +29,8 @@ def run_case(case: Any, options: RegistrationOptions) -> Any:
     from phantoms.validate import MethodResult
 
     targets = [case.landmarks_mri[n] for n in case.landmark_names("femur")]
-    mri_params = case.params.get("mri", {}) if isinstance(case.params, dict) else {}
+    params = getattr(case, "params", None)
+    mri_params = params.get("mri", {}) if isinstance(params, dict) else {}
     shift_mm = float(mri_params.get("chemical_shift_mm", 0.0) or 0.0)
     if shift_mm and options.method != "elastix" and not options.method.startswith("elastix"):
         # the readout direction and the shift come from the acquisition (DICOM) metadata
