@@ -267,10 +267,13 @@ def _deformable_stage(
             "mi_rigid": mi_rigid, "mi_deformable": mi_def,
             "surface_rigid_mm": s_rigid, "surface_deformable_mm": s_def, "device": device}
     reasons = []
-    if mi_def <= mi_rigid:
-        reasons.append(f"femur MI did not improve ({mi_rigid:.4f} -> {mi_def:.4f})")
-    if s_def > s_rigid + 0.02:
-        reasons.append(f"femur surface distance grew ({s_rigid:.3f} -> {s_def:.3f} mm)")
+    # a gain within noise is no gain: on the benchmark, fields accepted on a bare MI increase
+    # (0.1-0.2 mm in the femur) moved single landmarks by up to 0.07 mm the wrong way
+    if mi_def < mi_rigid * (1.0 + options.deformable_min_gain):
+        reasons.append(f"femur MI did not improve by {100 * options.deformable_min_gain:.0f}% "
+                       f"({mi_rigid:.4f} -> {mi_def:.4f})")
+    if s_def > s_rigid - 0.01:
+        reasons.append(f"femur surface distance did not fall ({s_rigid:.3f} -> {s_def:.3f} mm)")
     if max_femur_mm > options.deformable_max_femur_mm:
         reasons.append(f"displacement in the femur {max_femur_mm:.2f} mm > {options.deformable_max_femur_mm} mm")
     info["accepted"] = not reasons

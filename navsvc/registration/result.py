@@ -63,6 +63,7 @@ class RegistrationOptions:
     deformable_smooth_weight: float = 1.0
     deformable_max_femur_mm: float = 2.5
     deformable_lr: float = 0.05
+    deformable_min_gain: float = 0.01  # relative femur MI gain needed to keep the field
     initial_velocity: Any = None
     elastix_config: str = "careful"
     elastix_bspline: bool = True
