@@ -82,7 +82,7 @@ def sample_anatomy(
     r_head = _u(rng, 21.0, 26.0)
     # semi-axes chosen so the lesion occupies about 5-12 / 15-28 / 30-45 % of the head volume
     lesion_radii = {"small": (12.5, 10.0, 8.5), "medium": (18.5, 15.5, 12.0), "large": (23.0, 19.5, 16.0)}[size]
-    return {
+    params: dict[str, Any] = {
         "side": side,
         "lateral_sign": lat,
         "head_centre_mm": [lat * _u(rng, 80.0, 105.0), _u(rng, -15.0, 15.0), _u(rng, -25.0, 25.0)],
@@ -126,6 +126,13 @@ def sample_anatomy(
             "collapse_mm": _u(rng, 1.5, 3.0) if stage >= 3 else 0.0,
         },
     }
+    # cancellous-bone texture: plane waves of 3-8 mm wavelength in the bone's own frame
+    params["texture_waves"] = [
+        {"k_per_mm": (unit(rng.normal(size=3)) * 2 * np.pi / _u(rng, 3.0, 8.0)).tolist(),
+         "phase": _u(rng, 0.0, 2 * np.pi)}
+        for _ in range(8)
+    ]
+    return params
 
 
 @dataclass
@@ -209,6 +216,17 @@ class HipModel:
                   for (a, b), r in ((self.column, 15.0), (self.pubis, 8.5), (self.ischium, 11.0))]
         margin = 10.0  # smooth-union blends reach a few mm beyond the primitives
         self.pelvis_box = (np.min([b[0] for b in boxes], 0) - margin, np.max([b[1] for b in boxes], 0) + margin)
+
+    def texture(self, x: F64) -> F64:
+        """Smooth zero-mean texture of unit variance (N,) at anatomy-frame points (N, 3): the
+        cancellous bone's structure, fixed to the bone so it moves with it."""
+        waves = self.params.get("texture_waves", [])
+        if not waves:
+            return np.zeros(x.shape[0])
+        t = np.zeros(x.shape[0])
+        for w in waves:
+            t += np.sin(x @ np.asarray(w["k_per_mm"]) + w["phase"])
+        return t * np.sqrt(2.0 / len(waves))
 
     # -- signed distances ------------------------------------------------------------
     def femur_sdf(self, x: F64) -> F64:

@@ -66,7 +66,17 @@ class FluoroView:
 
 @dataclass
 class Case:
-    """One phantom case (see the module doc for the landmark definition)."""
+    """One phantom case (see the module doc for the landmark definition).
+
+    Images (SimpleITK, LPS mm; None when not rendered): ``mri`` (T1-like, float32) and
+    ``mri_fluid`` (STIR-like) and ``labels`` (UInt8: 0 background, 1 femur, 2 necrosis,
+    3 pelvis) share the MRI grid in the ``mri`` frame; ``ct`` (int16 HU) and ``labels_ct``
+    (true labels) share the CT grid in the ``ct`` frame. ``landmarks_mri`` /
+    ``landmarks_ct``: name -> (3,) LPS mm; ``landmark_structure``: name -> ``femur`` |
+    ``pelvis`` (physical phantoms: ``fiducial`` | ``target``). ``T_ct_from_mri_femur`` /
+    ``T_ct_from_mri_pelvis`` map MRI-frame points to CT-frame points (true motion of each
+    bone). ``params``: every generating parameter (JSON-serialisable).
+    """
 
     seed: int
     preset: str
@@ -115,10 +125,10 @@ class Case:
                          f" ({self.params.get('lesion_volume_mm3', 0) / 1000:.1f} cm3)")
         if self.kind == "digital":
             pose = self.params["pose"]
+            T_rel = self.T_ct_from_mri_pelvis.inverse() @ self.T_ct_from_mri_femur
             parts.append(f"patient rotated {pose['rotation_deg']:.1f} deg, moved "
                          f"{np.linalg.norm(pose['translation_mm']):.1f} mm; femur rotated "
-                         f"{self.T_ct_from_mri_pelvis.inverse().__matmul__(self.T_ct_from_mri_femur).rotation_angle_deg:.1f}"
-                         " deg about the head centre")
+                         f"{T_rel.rotation_angle_deg:.1f} deg about the head centre")
             m = self.params.get("mri", {})
             if m.get("distortion"):
                 parts.append(f"MRI distortion {m['distortion']['magnitude_at_150_mm']:.1f} mm at 150 mm")
@@ -277,8 +287,8 @@ def _write_case(case: Case, out: Path) -> Path:
         if img is not None:
             write_image(out / fname, img)
     names = list(case.landmarks_mri)
-    write_markups(out / "landmarks_mri.mrk.json", [fiducials("landmarks_mri", case.landmarks_mri)])
-    write_markups(out / "landmarks_ct.mrk.json", [fiducials("landmarks_ct", case.landmarks_ct)])
+    write_markups(out / "landmarks_mri.mrk.json", [fiducials("landmarks_mri", {n: p.tolist() for n, p in case.landmarks_mri.items()})])
+    write_markups(out / "landmarks_ct.mrk.json", [fiducials("landmarks_ct", {n: p.tolist() for n, p in case.landmarks_ct.items()})])
     outside = case.params.get("landmarks_outside_fov", {})
     write_json_atomic(out / "landmarks.json", {
         "coordinate_system": "LPS", "units": "mm", "definition": LANDMARK_DEFINITION,

@@ -59,6 +59,32 @@ def ct_lut(cortical_hu: float, trabecular_hu: float) -> F64:
                  Tissue.JOINT: 90})
 
 
+#: texture amplitude (per unit texture) of the cancellous tissues: CT in HU, MRI as a
+#: fraction of the tissue's signal
+TEXTURED = (Tissue.TRABECULAR, Tissue.OEDEMA, Tissue.NECROSIS, Tissue.PELVIS_TRABECULAR)
+CT_TEXTURE_HU = 45.0
+MRI_TEXTURE_FRACTION = 0.07
+
+
+def add_bone_texture(values_zyx: NDArray, codes_zyx: NDArray[np.uint8], grid: sitk.Image, model: HipModel,
+                     to_anatomy: Any, amplitude: NDArray | float) -> None:
+    """Add ``amplitude * texture`` in place at voxels whose centre is cancellous bone.
+
+    ``to_anatomy(points, is_femur)`` maps image points (N, 3) to the anatomy frame of their
+    bone; ``amplitude`` is a scalar or a per-voxel array of the same shape as ``values_zyx``.
+    """
+    from phantoms.anatomy import FEMUR_CODES
+    from phantoms.render import _points_at
+
+    flat = np.flatnonzero(np.isin(codes_zyx, TEXTURED))
+    if flat.size == 0:
+        return
+    is_femur = np.isin(codes_zyx.ravel()[flat], FEMUR_CODES)
+    x = to_anatomy(_points_at(grid, flat), is_femur)
+    amp = amplitude if np.isscalar(amplitude) else np.asarray(amplitude).ravel()[flat]
+    values_zyx.ravel()[flat] += amp * model.texture(x)
+
+
 def chemical_shift_mm(field_t: float, bandwidth_hz_per_px: float, readout_spacing_mm: float) -> float:
     """Fat displacement along the readout axis: (3.5 ppm * Larmor) / pixel bandwidth * spacing."""
     return FAT_WATER_PPM * GYROMAGNETIC_MHZ_PER_T * field_t / bandwidth_hz_per_px * readout_spacing_mm
@@ -84,8 +110,18 @@ def render_mri(model: HipModel, grid: sitk.Image, mri: dict[str, Any], rng: np.r
     bias = np.exp(polynomial_field(pts, pts.mean(0), 100.0, np.asarray(mri["bias_coefficients"])))
     bias = bias.reshape(labels.shape)
     sigma = float(mri["noise_sigma"])
-    t1 = _rician(codes.channel(t1_luts) * bias, sigma, rng)
-    fluid = _rician(codes.channel([STIR]) * bias, sigma * 0.6, rng) if with_fluid else None
+
+    def to_anatomy(y: F64, is_femur: NDArray[np.bool_]) -> F64:
+        return pose_mod.undistort(y, dist)
+
+    t1_clean = codes.channel(t1_luts)
+    add_bone_texture(t1_clean, codes.centre[0], grid, model, to_anatomy, MRI_TEXTURE_FRACTION * t1_clean)
+    t1 = _rician(t1_clean * bias, sigma, rng)
+    fluid = None
+    if with_fluid:
+        fluid_clean = codes.channel([STIR])
+        add_bone_texture(fluid_clean, codes.centre[0], grid, model, to_anatomy, MRI_TEXTURE_FRACTION * fluid_clean)
+        fluid = _rician(fluid_clean * bias, sigma * 0.6, rng)
     ref = grid
     return (to_image(t1, ref), None if fluid is None else to_image(fluid, ref),
             to_image(labels, ref, sitk.sitkUInt8))
@@ -110,6 +146,10 @@ def ct_views(model: HipModel, T_ct_from_mri_pelvis: Any, T_ct_from_mri_femur: An
         xs = pose_mod.soft_tissue_points(p, xp, xf, pose, model.H)
         return model.classify_with_margin(xf, xp, xs)
 
+    def to_anatomy(p: F64, is_femur: NDArray[np.bool_]) -> F64:
+        return np.where(is_femur[:, None], affine_points(inv_f, p), affine_points(inv_p, p))
+
+    view.to_anatomy = to_anatomy  # type: ignore[attr-defined]
     return view
 
 
@@ -120,6 +160,8 @@ def render_ct(model: HipModel, grid: sitk.Image, view, ct: dict[str, Any],  # no
     codes = sample_codes(grid, [view], ct["subsample"])
     labels = codes.labels(0)
     hu = codes.channel([ct_lut(ct["cortical_hu"], ct["trabecular_hu"])]).astype(np.float64)
+    if hasattr(view, "to_anatomy"):
+        add_bone_texture(hu, codes.centre[0], grid, model, view.to_anatomy, CT_TEXTURE_HU)
     pts = voxel_points(grid).reshape(*hu.shape, 3)
     centre = np.asarray(ct["axial_centre_mm"], dtype=np.float64)
     rho = np.linalg.norm(pts[..., :2] - centre[:2], axis=-1)

@@ -61,7 +61,7 @@ class Preset:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ConfigError(f"unknown phantom option(s) {unknown}; expected some of {sorted(names - {'name'})}")
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        fixed = {k: _coerce(k, getattr(self, k), v) for k, v in overrides.items()}
         p = replace(self, **fixed)
         p.validate()
         return p
@@ -73,6 +73,8 @@ class Preset:
             raise ConfigError(f"ct_kind: expected fan|cbct, got {self.ct_kind!r}")
         if self.lesion_size not in (None, "small", "medium", "large"):
             raise ConfigError(f"lesion_size: expected small|medium|large, got {self.lesion_size!r}")
+        if self.oedema not in (None, True, False):
+            raise ConfigError(f"oedema: expected true, false or null, got {self.oedema!r}")
         if self.arco_stage not in (None, 2, 3):
             raise ConfigError(f"arco_stage: expected 2 (no collapse) or 3 (collapse), got {self.arco_stage!r}")
         for name in ("mri_spacing_mm", "mri_fov_mm", "ct_spacing_mm", "ct_fov_mm"):
@@ -85,6 +87,35 @@ class Preset:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    """Check an override against the type of the preset's default value."""
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                raise TypeError
+            value = tuple(value)
+            if name == "fluoro_views":
+                return value
+            if len(value) != len(default):
+                raise TypeError
+            return tuple(type(d)(v) for d, v in zip(default, value, strict=True))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a value like {default!r}, got {value!r}") from None
+    return value
 
 
 #: C-arm views: (rotation about the patient's long axis, cranio-caudal tilt), degrees.

@@ -232,8 +232,9 @@ def run_validation(cases: str | int, method_name: str, out_dir: str | Path, *, p
         if figures and maps is not None:
             from phantoms.report import lesion_overlay_figure
 
-            r["figure"] = str(lesion_overlay_figure(case, *maps, out / "figures" / f"{k:03d}_{case.name}.png",
-                                                    method_name).relative_to(out))
+            before, after = maps
+            fig_path = out / "figures" / f"{k:03d}_{case.name}.png"
+            r["figure"] = str(lesion_overlay_figure(case, before, after, fig_path, method_name).relative_to(out))
         results.append(r)
         log.info("%s: TRE mean %.3f mm", case.name, r.get("tre", {}).get("mean", float("nan")))
     progress("validate", 1.0, "writing the report")

@@ -161,6 +161,12 @@ def test_overrides_and_bad_options():
         make_case(1, "small", modalities=("pet",))
     with pytest.raises(ConfigError, match="lesion_size"):
         make_case(1, "small", modalities=(), lesion_size="xl")
+    with pytest.raises(ConfigError, match="max_rotation_deg: expected a value like 30.0"):
+        make_case(1, "small", modalities=(), max_rotation_deg="abc")
+    with pytest.raises(ConfigError, match="mri_spacing_mm"):
+        make_case(1, "small", modalities=(), mri_spacing_mm=[1.0, 1.0])
+    with pytest.raises(ConfigError, match="side"):
+        make_case(1, "small", modalities=(), side="middle")
 
 
 def test_write_load_round_trip(case, tmp_path):
@@ -245,12 +251,14 @@ def test_presets_are_consistent():
 
 
 def test_block_skipping_renders_exactly_like_brute_force(monkeypatch):
-    """Uniform blocks filled from their centre give the same images as voxel-by-voxel rendering."""
+    """Uniform blocks filled from their centre, and supersampling only where an interface
+    crosses the voxel, give the same images as brute-force rendering."""
     import phantoms.render as render
 
-    fast = make_case(2, "small-distorted", mri_fluid=False)
-    monkeypatch.setattr(render, "BLOCK_MM", 0.0)  # 1-voxel blocks: every voxel evaluated
-    slow = make_case(2, "small-distorted", mri_fluid=False)
+    opts = {"mri_fluid": False, "mri_fov_mm": (90.0, 60.0, 90.0), "ct_fov_mm": (90.0, 90.0, 90.0)}
+    fast = make_case(2, "small-distorted", **opts)
+    monkeypatch.setattr(render, "BLOCK_SAFETY", np.inf)  # every voxel evaluated, every edge supersampled
+    slow = make_case(2, "small-distorted", **opts)
     for k in ("mri", "labels", "ct", "labels_ct"):
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(getattr(fast, k)),
                                       sitk.GetArrayViewFromImage(getattr(slow, k)), err_msg=k)
@@ -269,8 +277,9 @@ def test_lesion_variants_size_oedema_collapse():
     assert m2.femur_sdf(top)[0] == pytest.approx(0.0, abs=1e-9)
     assert m3.femur_sdf(top)[0] == pytest.approx(s3.params["anatomy"]["lesion"]["collapse_mm"], abs=1e-9)
     # oedema: bright on the fluid-sensitive MRI around the lesion, absent without it
-    with_o = make_case(5, "small", modalities=("mri",), arco_stage=3, oedema=True, mri_noise_fraction=0.0)
-    no_o = make_case(5, "small", modalities=("mri",), arco_stage=3, oedema=False, mri_noise_fraction=0.0)
+    opts = {"modalities": ("mri",), "arco_stage": 3, "mri_noise_fraction": 0.0, "mri_fov_mm": (90.0, 60.0, 90.0)}
+    with_o = make_case(5, "small", oedema=True, **opts)
+    no_o = make_case(5, "small", oedema=False, **opts)
     for c, bright in ((with_o, True), (no_o, False)):
         fluid = sitk.GetArrayViewFromImage(c.mri_fluid)
         femur = sitk.GetArrayViewFromImage(c.labels) == 1  # femur outside the lesion

@@ -63,7 +63,7 @@ def test_fluoro_round_trip(fl_case, tmp_path):
 
 @pytest.mark.slow
 def test_cone_beam_ct_is_truncated_noisy_and_true():
-    c = make_case(0, "cbct", modalities=("ct",))
+    c = make_case(0, "cbct", modalities=("ct",), ct_fov_mm=(110.0, 110.0, 120.0))
     ct = sitk.GetArrayViewFromImage(c.ct)
     lab = sitk.GetArrayViewFromImage(c.labels_ct)
     assert c.ct.GetSpacing() == pytest.approx((0.8, 0.8, 0.8))

@@ -49,7 +49,13 @@ def test_perturbed_gives_the_known_error(case):
     # 1 mm translation plus 1 degree about the head centre: 1 mm at the head centre
     assert r["tre_mm"]["head_centre"] == pytest.approx(1.0, abs=1e-9)
     assert 0.5 < r["tre"]["mean"] < 1.8  # rotation and translation add or cancel per point
-    assert r["dice_lesion"] < evaluate_case(case, get_method("truth"))["dice_lesion"]
+
+
+def test_dice_drops_with_a_large_error(case):
+    shift = RigidTransform.from_euler_deg((0, 0, 0), (4.0, 0.0, 3.0), CT, CT)
+    r = evaluate_case(case, lambda c: MethodResult(shift @ c.T_ct_from_mri_femur, 0.0))
+    assert r["tre"]["max"] == pytest.approx(5.0, abs=1e-9) and not r["success"]
+    assert r["dice_lesion"] < evaluate_case(case, get_method("truth"))["dice_lesion"] - 0.2
 
 
 def test_a_failing_or_wrong_method_is_reported_not_raised(case):
@@ -140,3 +146,39 @@ def test_physical_phantom_folder(tmp_path):
     write_markups(d / "targets_ct.mrk.json", [fiducials("t", {"T0": tgt[0], "X": tgt[1], "T2": tgt[2]})])
     with pytest.raises(InputError, match="same point labels"):
         run_validation(str(d), "truth", tmp_path / "rep2", figures=False)
+
+
+def test_truth_on_a_distorted_mri_reports_the_honest_residual():
+    """With gradient nonlinearity the true rigid motion cannot map the MRI landmarks exactly:
+    the harness reports that residual (here computed independently)."""
+    c = make_case(2, "small-distorted", modalities=())
+    r = evaluate_case(c, get_method("truth"))
+    femur = c.landmark_names("femur")
+    expected = [np.linalg.norm(c.T_ct_from_mri_femur.apply(c.landmarks_mri[n]) - c.landmarks_ct[n]) for n in femur]
+    assert r["tre"]["mean"] == pytest.approx(np.mean(expected), abs=1e-12)
+    assert 0.1 < r["tre"]["mean"] < 2.0 and "dice_lesion" not in r  # no images: no Dice
+
+
+def test_bad_case_folders_are_clear_errors(tmp_path):
+    from phantoms import load_case
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a phantom case folder"):
+        load_case(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "truth.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read truth JSON"):
+        load_case(bad)
+    with pytest.raises(InputError, match="holds no case folders"):
+        run_validation(str(tmp_path / "empty"), "truth", tmp_path / "rep")
+
+
+def test_a_general_transform_result_is_measured_too(case):
+    """Methods may return a navsvc.transforms.Transform (e.g. rigid + displacement field)."""
+    from navsvc.transforms import displacement_field_transform
+
+    field = displacement_field_transform(np.zeros((*case.labels_ct.GetSize()[::-1], 3)), case.labels_ct, CT, CT)
+    r = evaluate_case(case, lambda c: MethodResult(field @ c.T_ct_from_mri_femur, 0.1))
+    assert r["tre"]["max"] < 1e-9 and r["success"]
+    assert r["dice_lesion"] == pytest.approx(evaluate_case(case, get_method("truth"))["dice_lesion"], abs=1e-9)
