@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
             per_method[m].append(r)
             tre = r.get("tre", {})
             console.print(f"   {m:16s} TRE mean {tre.get('mean', float('nan')):.3f} max {tre.get('max', float('nan')):.3f} mm"
-                          f"  {r.get('wall_seconds', float('nan')):.1f} s  {r.get('verdict')}  {r.get('error', '')}")
+                          f"  {r.get('wall_seconds', float('nan')):.1f} s  {r.get('verdict')}  {r.get('error', '')}"
+                          f"  {'; '.join(r.get('reasons') or [])[:160]}")
     real_seg = None
     if args.real_ct != "none":
         case, real_seg = _real_ct_case(args.real_ct)
@@ -187,16 +188,35 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"   {m:16s} TRE mean {tre.get('mean', float('nan')):.3f} max {tre.get('max', float('nan')):.3f} mm"
                               f"  {r.get('wall_seconds', float('nan')):.1f} s  {r.get('verdict')}  {r.get('reasons')}")
     summaries = {m: _summary(rs) for m, rs in per_method.items()}
+    if "navsvc" in per_method and "rigid" not in per_method:
+        # rigid-only figures from the same runs: the navsvc result's rigid stage
+        import numpy as np
+
+        rs = per_method["navsvc"]
+        tre = np.array([v for r in rs for v in r.get("tre_rigid_stage_mm", {}).values()])
+        if tre.size:
+            summaries["rigid (stage of navsvc)"] = {
+                "n_cases": len(rs), "tre_mean_mm": float(tre.mean()), "tre_p95_mm": float(np.percentile(tre, 95)),
+                "tre_max_mm": float(tre.max()),
+                "success_rate": float(np.mean([max(r.get("tre_rigid_stage_mm", {"x": 99}).values()) < 2.0 for r in rs])),
+                "lesion_dice_mean": None,
+                "wall_s_mean": float(np.mean([r["timings_s"]["total"] - r["timings_s"].get("deformable", 0.0)
+                                              for r in rs if r.get("timings_s")])),
+                "wall_s_max": float(np.max([r["timings_s"]["total"] - r["timings_s"].get("deformable", 0.0)
+                                            for r in rs if r.get("timings_s")])),
+                "peak_memory_mb_max": float("nan"), "verdicts": {"PASS": 0, "WARN": 0, "FAIL": 0},
+                "deformable_vs_rigid_max_tre_change_mm": None,
+            }
     table = Table(title=f"MRI -> CT registration, {args.cases} phantom cases ({', '.join(sorted(set(presets[:args.cases])))})")
     for col in ("method", "TRE mean", "TRE p95", "TRE max", "success", "lesion Dice", "wall s (mean/max)",
                 "peak MB", "PASS/WARN/FAIL", "real CT TRE mean/max"):
         table.add_column(col)
     for m, s in summaries.items():
-        rr = real.get(m, {}).get("tre", {})
+        rr = real.get(m, {}).get("tre", {}) if m in real else {}
         table.add_row(m, f"{s['tre_mean_mm']:.3f}", f"{s['tre_p95_mm']:.3f}", f"{s['tre_max_mm']:.3f}",
                       f"{100 * s['success_rate']:.0f}%", f"{s['lesion_dice_mean']:.3f}" if s["lesion_dice_mean"] else "-",
                       f"{s['wall_s_mean']:.1f}/{s['wall_s_max']:.1f}", f"{s['peak_memory_mb_max']:.0f}",
-                      "/".join(str(s["verdicts"][v]) for v in ("PASS", "WARN", "FAIL")),
+                      "/".join(str(s["verdicts"][v]) for v in ("PASS", "WARN", "FAIL")) if sum(s["verdicts"].values()) else "-",
                       f"{rr.get('mean', float('nan')):.2f}/{rr.get('max', float('nan')):.2f}" if rr else "-")
     console.print(table)
     report = {

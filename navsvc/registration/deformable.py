@@ -127,6 +127,25 @@ def _field_image(ddf_vox: NDArray[np.float64], grid: sitk.Image) -> sitk.Image:
     return img
 
 
+def velocity_transform(v: torch.Tensor, grid: sitk.Image, num_steps: int = 7) -> tuple[Transform, sitk.Image]:
+    """``D(x) = x + u(x)`` (CT -> CT) from a stationary velocity ``v`` (1, 3, Z, Y, X), voxels of
+    ``grid``, channels (z, y, x); ``u`` by scaling and squaring, the inverse from ``-v``.
+
+    Returns (D with its inverse attached, the displacement field image in LPS mm).
+    """
+    from monai.networks.blocks import DVF2DDF
+
+    integrate = DVF2DDF(num_steps=num_steps, mode="bilinear", padding_mode="zeros")
+    with torch.no_grad():
+        ddf = integrate(v).cpu().numpy()[0].astype(np.float64)
+        ddf_inv = integrate(-v).cpu().numpy()[0].astype(np.float64)
+    field_img = _field_image(ddf, grid)
+    inv_img = _field_image(ddf_inv, grid)
+    D = Transform(sitk.DisplacementFieldTransform(sitk.Image(field_img)), CT, CT,
+                  sitk.DisplacementFieldTransform(sitk.Image(inv_img)))
+    return D, field_img
+
+
 def deformable_stage(
     ct: sitk.Image,
     mri: sitk.Image,
@@ -141,7 +160,30 @@ def deformable_stage(
     """Optimise the low-order velocity field; returns the accepted composite or the rigid result.
 
     ``surfaces``: (MRI femur surface, CT bone surface) when the caller has them already.
+    On CPU, torch runs with ``options.threads`` threads (default 1) inside this stage: the
+    grid is small, and OpenMP spinning on shared cores made it ~9x slower with 2 threads.
     """
+    device = options.resolved_device()
+    if device != "cpu":
+        return _deformable_stage(ct, mri, femur_mri, rigid, options, surfaces, progress, cancel)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(options.threads or 1))
+    try:
+        return _deformable_stage(ct, mri, femur_mri, rigid, options, surfaces, progress, cancel)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _deformable_stage(
+    ct: sitk.Image,
+    mri: sitk.Image,
+    femur_mri: sitk.Image,
+    rigid: RigidTransform,
+    options: RegistrationOptions,
+    surfaces: tuple[bone.Surface, bone.Surface] | None,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+) -> DeformableOutput:
     from monai.losses import BendingEnergyLoss
     from monai.networks.blocks import DVF2DDF
 
@@ -203,13 +245,7 @@ def deformable_stage(
         if it % 10 == 0:
             progress("deformable", it / options.deformable_iterations, f"iteration {it}, loss {losses[-1]:.4f}")
     with torch.no_grad():
-        v = velocity()
-        ddf = integrate(v).cpu().numpy()[0].astype(np.float64)
-        ddf_inv = integrate(-v).cpu().numpy()[0].astype(np.float64)
-    field_img = _field_image(ddf, grid)
-    inv_img = _field_image(ddf_inv, grid)
-    D = Transform(sitk.DisplacementFieldTransform(sitk.Image(field_img)), CT, CT,
-                  sitk.DisplacementFieldTransform(sitk.Image(inv_img)))
+        D, field_img = velocity_transform(velocity(), grid)
     T_mri_from_ct = T_mri_from_ct_rigid @ D
     T_ct_from_mri = D.inverse() @ rigid
     u_mm = np.linalg.norm(sitk.GetArrayViewFromImage(field_img), axis=-1)
@@ -231,10 +267,13 @@ def deformable_stage(
             "mi_rigid": mi_rigid, "mi_deformable": mi_def,
             "surface_rigid_mm": s_rigid, "surface_deformable_mm": s_def, "device": device}
     reasons = []
-    if mi_def <= mi_rigid:
-        reasons.append(f"femur MI did not improve ({mi_rigid:.4f} -> {mi_def:.4f})")
-    if s_def > s_rigid + 0.02:
-        reasons.append(f"femur surface distance grew ({s_rigid:.3f} -> {s_def:.3f} mm)")
+    # a gain within noise is no gain: on the benchmark, fields accepted on a bare MI increase
+    # (0.1-0.2 mm in the femur) moved single landmarks by up to 0.07 mm the wrong way
+    if mi_def < mi_rigid * (1.0 + options.deformable_min_gain):
+        reasons.append(f"femur MI did not improve by {100 * options.deformable_min_gain:.0f}% "
+                       f"({mi_rigid:.4f} -> {mi_def:.4f})")
+    if s_def > s_rigid - 0.01:
+        reasons.append(f"femur surface distance did not fall ({s_rigid:.3f} -> {s_def:.3f} mm)")
     if max_femur_mm > options.deformable_max_femur_mm:
         reasons.append(f"displacement in the femur {max_femur_mm:.2f} mm > {options.deformable_max_femur_mm} mm")
     info["accepted"] = not reasons

@@ -218,8 +218,12 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
         if not sitk.GetArrayViewFromImage(roi).any():
             raise RegistrationFailed("the femur maps outside the CT after the surface fit")
         center = T_surface.apply(mri_surface.points_mm.mean(0))
+        mri_for_mi = mri
+        if options.fat_shift_mm is not None:
+            mri_for_mi = rigid_mod.fat_shift_corrected(sitk.Cast(mri, sitk.sitkFloat32), femur_mri,
+                                                       np.asarray(options.fat_shift_mm, dtype=np.float64))
         tx, before, after = rigid_mod.intensity_refine(
-            ct, mri, roi, T_surface.inverse().to_sitk(), center_mm=center,
+            ct, mri_for_mi, roi, T_surface.inverse().to_sitk(), center_mm=center,
             iterations=options.mi_iterations, spacing_mm=options.mi_spacing_mm, cancel=cancel)
     progress("rigid", 1.0, "rigid done")
     T_refined = RigidTransform.from_sitk(tx, MRI, CT).inverse()
@@ -262,11 +266,13 @@ def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sit
     if len(pts) > 4000:
         pts = pts[rng.choice(len(pts), 4000, replace=False)]
     figures: dict[str, float] = {}
-    mean_mm, p95_mm = qa.surface_distance_mm(pts, T_ct_from_mri, ct_surface.points_mm)
-    figures["surface_distance_mean_mm"] = mean_mm
-    figures["surface_distance_p95_mm"] = p95_mm
     inside = contains_points(ct, T_ct_from_mri.apply(pts)) if len(pts) else np.zeros(0, bool)
     figures["femur_in_ct_fraction"] = float(inside.mean()) if len(inside) else 0.0
+    # only the femur the CT shows can be judged: points mapped inside its field of view (3 mm in)
+    seen = contains_points(ct, T_ct_from_mri.apply(pts), margin_mm=3.0) if len(pts) else inside
+    mean_mm, p95_mm = qa.surface_distance_mm(pts[seen], T_ct_from_mri, ct_surface.points_mm)
+    figures["surface_distance_mean_mm"] = mean_mm
+    figures["surface_distance_p95_mm"] = p95_mm
     mapped = qa.map_mask(femur_mri, ct, T_mri_from_ct)
     ct_bone_filled = bone.segment_ct_bone(ct, options.threshold_for(ct.GetSpacing()), fill="slices")
     figures["femur_dice"] = qa.femur_dice(mapped, ct_bone_filled)

@@ -101,53 +101,53 @@ def gate(figures: dict[str, float], limits: QAThresholds, notes: list[str] | Non
     warn: list[str] = []
     g = figures.get
 
-    def check(key: str, value: Any) -> bool:
+    def check(value: Any) -> bool:
         return value is not None and not (isinstance(value, float) and math.isnan(value))
 
     v = g("surface_distance_mean_mm")
-    if check("s", v):
+    if check(v):
         if v > limits.surface_mean_fail_mm:
             fail.append(f"bone surface distance {v:.2f} mm > {limits.surface_mean_fail_mm} mm: the femur does not "
                         "match the CT bone (wrong case, other hip, or no femur in the CT?)")
         elif v > limits.surface_mean_warn_mm:
             warn.append(f"bone surface distance {v:.2f} mm > {limits.surface_mean_warn_mm} mm")
     v = g("surface_distance_p95_mm")
-    if check("s", v) and v > limits.surface_p95_fail_mm:
+    if check(v) and v > limits.surface_p95_fail_mm:
         fail.append(f"bone surface distance p95 {v:.2f} mm > {limits.surface_p95_fail_mm} mm")
     v = g("femur_dice")
-    if check("d", v):
+    if check(v):
         if v < limits.dice_fail:
             fail.append(f"femur Dice {v:.3f} < {limits.dice_fail}")
         elif v < limits.dice_warn:
             warn.append(f"femur Dice {v:.3f} < {limits.dice_warn}")
     v = g("jacobian_min")
-    if check("j", v) and v <= 0.0:
+    if check(v) and v <= 0.0:
         fail.append(f"deformation folds: minimum Jacobian determinant {v:.3f} <= 0")
     v = g("inverse_consistency_mm")
-    if check("i", v):
+    if check(v):
         if v > limits.inverse_fail_mm:
             fail.append(f"the two transform directions disagree by {v:.3f} mm > {limits.inverse_fail_mm} mm")
         elif v > limits.inverse_warn_mm:
             warn.append(f"the two transform directions disagree by {v:.3f} mm > {limits.inverse_warn_mm} mm")
     v = g("targets_outside_ct")
-    if check("t", v) and v > 0:
+    if check(v) and v > 0:
         fail.append(f"{int(v)} target(s) map outside the CT field of view")
     v = g("femur_in_ct_fraction")
-    if check("f", v) and v < limits.femur_in_fov_fail:
+    if check(v) and v < limits.femur_in_fov_fail:
         fail.append(f"only {100 * v:.0f}% of the femur surface maps inside the CT field of view "
                     f"(expected >= {100 * limits.femur_in_fov_fail:.0f}%)")
     v = g("rotation_deg")
-    if check("r", v) and v > limits.max_rotation_deg:
+    if check(v) and v > limits.max_rotation_deg:
         fail.append(f"implausible pose change: rotation {v:.1f} deg > {limits.max_rotation_deg} deg "
                     "between two scans in patient coordinates (mirror-image fit: other hip?)")
     v = g("tre_max_mm")
-    if check("m", v):
+    if check(v):
         if v > limits.tre_fail_mm:
             fail.append(f"landmark TRE max {v:.2f} mm > {limits.tre_fail_mm} mm")
         elif v > limits.tre_warn_mm:
             warn.append(f"landmark TRE max {v:.2f} mm > {limits.tre_warn_mm} mm")
     b, a = g("similarity_before"), g("similarity_after")
-    if check("b", b) and check("a", a) and a < b:
+    if check(b) and check(a) and a < b:
         warn.append(f"femur similarity (MI) fell from {b:.3f} to {a:.3f}")
     verdict = "FAIL" if fail else "WARN" if warn else "PASS"
     return QAReport(verdict, fail + warn, {k: float(x) for k, x in figures.items() if x is not None},

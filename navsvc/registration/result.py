@@ -52,6 +52,9 @@ class RegistrationOptions:
     ransac_starts: int = 2
     mi_iterations: int = 200
     mi_spacing_mm: float = 1.2
+    #: fat chemical shift of the MRI, LPS mm vector (readout direction * 3.5 ppm * Larmor /
+    #: pixel bandwidth * readout spacing); None = not corrected. See fat_shift_vector_mm.
+    fat_shift_mm: tuple[float, float, float] | None = None
     roi_margin_mm: float = 6.0
     deformable_iterations: int = 20
     deformable_grid_mm: float = 25.0
@@ -60,6 +63,7 @@ class RegistrationOptions:
     deformable_smooth_weight: float = 1.0
     deformable_max_femur_mm: float = 2.5
     deformable_lr: float = 0.05
+    deformable_min_gain: float = 0.01  # relative femur MI gain needed to keep the field
     initial_velocity: Any = None
     elastix_config: str = "careful"
     elastix_bspline: bool = True
@@ -93,6 +97,19 @@ class RegistrationOptions:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
         return self.device
+
+
+def fat_shift_vector_mm(field_t: float, bandwidth_hz_per_px: float, readout_direction_lps: tuple[float, ...],
+                        readout_spacing_mm: float) -> tuple[float, float, float]:
+    """Fat displacement in the MRI image (LPS mm): 3.5 ppm of the Larmor frequency over the pixel
+    bandwidth, in pixels, along the readout direction (sign: fat appears towards +direction)."""
+    import numpy as np
+
+    shift_px = 3.5e-6 * 42.577e6 * field_t / bandwidth_hz_per_px
+    d = np.asarray(readout_direction_lps, dtype=float)
+    d = d / np.linalg.norm(d)
+    v = d * shift_px * readout_spacing_mm
+    return (float(v[0]), float(v[1]), float(v[2]))
 
 
 @dataclass

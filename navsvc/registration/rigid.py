@@ -143,6 +143,20 @@ def icp(src: o3d.geometry.PointCloud, tgt: o3d.geometry.PointCloud, init: F,
     return m
 
 
+def fat_shift_corrected(mri: sitk.Image, femur_mri: sitk.Image, fat_shift_mm: F) -> sitk.Image:
+    """Undo the fat chemical shift inside the femur: ``I'(y) = I(y + s)`` where the femur label is.
+
+    The fat signal of a point y appears at ``y + s`` (``s`` = shift along the readout
+    direction, LPS mm; ``|s| = 3.5 ppm * Larmor / pixel bandwidth * readout spacing``). Marrow
+    is fat, cortex has no signal, so inside the (water-based) femur label the shifted sample
+    puts the marrow back in place; outside, water tissue (muscle) is not shifted.
+    """
+    shift = sitk.TranslationTransform(3, [float(v) for v in fat_shift_mm])
+    moved = sitk.Resample(mri, mri, shift, sitk.sitkLinear, 0.0, mri.GetPixelID())
+    inside = sitk.Cast(femur_mri > 0, mri.GetPixelID())
+    return moved * inside + mri * (1 - inside)
+
+
 def resample_to_spacing(image: sitk.Image, spacing_mm: float, interpolator: int) -> sitk.Image:
     """Same box and direction, isotropic ``spacing_mm``."""
     from navsvc.imaging import resample_isotropic

@@ -29,6 +29,13 @@ def run_case(case: Any, options: RegistrationOptions) -> Any:
     from phantoms.validate import MethodResult
 
     targets = [case.landmarks_mri[n] for n in case.landmark_names("femur")]
+    params = getattr(case, "params", None)
+    mri_params = params.get("mri", {}) if isinstance(params, dict) else {}
+    shift_mm = float(mri_params.get("chemical_shift_mm", 0.0) or 0.0)
+    if shift_mm and options.method != "elastix" and not options.method.startswith("elastix"):
+        # the readout direction and the shift come from the acquisition (DICOM) metadata
+        d = mri_params["readout_direction_lps"]
+        options = replace(options, fat_shift_mm=tuple(shift_mm * float(v) for v in d))
     t0 = time.perf_counter()
     result = register_mri_to_ct(case.mri, case.labels, case.ct, options)
     seconds = time.perf_counter() - t0
