@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from navsvc import __version__
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool, debug: bool) -> None:
+    if not debug:
+        # third-party chatter that says nothing to a technician (shown with --debug)
+        warnings.filterwarnings("ignore", message=r"monai\.networks\.blocks\.Warp: Using PyTorch native")
+        warnings.filterwarnings("ignore", message=r"Using a non-tuple sequence for multidimensional indexing")
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(
         level=level,
