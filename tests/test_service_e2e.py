@@ -108,6 +108,18 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert np.isfinite(summary["timings_s"]["total_s"])
 
 
+def test_demo_runs_again_in_the_same_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `navsvc demo` starts from an empty store (the first run's approved targets would be
+    restored otherwise) and keeps the first run's data."""
+    out = tmp_path / "demo"
+    for _ in range(2):
+        assert cli(["demo", "--out", str(out), "--seed", "0", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["qa_verdict"] in ("PASS", "WARN")
+    kept = list((out / "previous-runs").iterdir())
+    assert len(kept) == 1 and (kept[0] / "navsvc.sqlite3").is_file()
+
+
 def test_cli_reports_a_missing_local_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from service_support import start_service
 

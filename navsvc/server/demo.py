@@ -48,6 +48,21 @@ class DemoResult:
         return self.__dict__.copy()
 
 
+def _keep_previous_run(out_dir: Path) -> None:
+    """The demo starts from an empty store (an earlier demo's approved targets would otherwise be
+    restored at start-up, as the service must do). Move an earlier run's data aside; delete nothing."""
+    data = out_dir / "data"
+    if data.exists():
+        previous = out_dir / "previous-runs" / time.strftime("data-%Y%m%d-%H%M%S")
+        n = 1
+        while previous.exists():
+            previous = previous.with_name(f"{previous.name}-{n}")
+            n += 1
+        previous.parent.mkdir(parents=True, exist_ok=True)
+        data.rename(previous)
+        log.info("demo: moved the previous run's data to %s", previous)
+
+
 def run_demo(out_dir: Path, seed: int = 0, preset: str = "small", *,
              on_progress: Callable[[str, float, str], None] | None = None,
              registration_options: dict[str, str] | None = None) -> DemoResult:
@@ -63,6 +78,7 @@ def run_demo(out_dir: Path, seed: int = 0, preset: str = "small", *,
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     out_dir = Path(out_dir).resolve()
+    _keep_previous_run(out_dir)
     inputs = out_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
 
