@@ -180,3 +180,20 @@ def test_overlay_png_shows_every_view(tmp_path, femur_labels, scene):
 
     img = matplotlib.image.imread(out)
     assert img.shape[1] > img.shape[0] > 200  # two panels side by side
+
+
+@pytest.mark.slow
+def test_bench_fluoro_runs_and_writes_json(tmp_path):
+    """`navsvc bench fluoro` on one small phantom case: every configuration reported, JSON written."""
+    import json
+
+    from navsvc import cli
+
+    out = tmp_path / "fluoro.json"
+    assert cli.main(["bench", "fluoro", "--cases", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"two-view", "single-view", "one-start"}
+    assert len(data["rows"]) == 3
+    for row in data["rows"]:
+        assert np.isfinite(row["lesion_tre_mm"]) and row["start_tre_mm"] == pytest.approx(data["rows"][0]["start_tre_mm"])
+        assert row["verdict"] in ("PASS", "WARN", "FAIL")
