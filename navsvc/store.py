@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from navsvc.errors import NotFound, PreconditionFailed
+from navsvc.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,6 @@ CHUNK = 1024 * 1024
 def new_id(prefix: str) -> str:
     """A fresh identifier such as ``case-3f2a9c1d0b7e``."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from navsvc.calibration import rigid_fit
 from navsvc.errors import InputError, MarkupsError
 from navsvc.frames import CT, MRI
 from navsvc.imaging import read_image
@@ -36,17 +37,10 @@ def rigid_from_points(points_from: ArrayLike, points_to: ArrayLike, to_frame: st
     b = np.asarray(points_to, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 3 or a.shape[0] < 3:
         raise InputError(f"expected two (N, 3) point sets with N >= 3, got {a.shape} and {b.shape}")
-    ca, cb = a.mean(0), b.mean(0)
-    h = (a - ca).T @ (b - cb)
-    u, s, vt = np.linalg.svd(h)
+    s = np.linalg.svd(a - a.mean(0), compute_uv=False)
     if s[1] < 1e-6 * max(s[0], 1e-12):
         raise InputError("the fiducials are collinear (or coincide); expected at least 3 spread points")
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    m = np.eye(4)
-    m[:3, :3] = r
-    m[:3, 3] = cb - r @ ca
-    return RigidTransform(m, to_frame, from_frame)
+    return RigidTransform(rigid_fit(a, b), to_frame, from_frame)
 
 
 def load_physical_case(d: Path):  # noqa: ANN201

@@ -9,7 +9,6 @@ and field.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from pydantic import (
 )
 
 from navsvc.errors import InputError, PlanError
+from navsvc.fileio import sha256_file
 from navsvc.frames import check_igtl_device_name
 from navsvc.transforms import write_json_atomic
 
@@ -54,15 +54,6 @@ Vec3 = Annotated[tuple[float, float, float], AfterValidator(_finite3)]
 
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Model(BaseModel):
