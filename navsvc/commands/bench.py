@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
     "registration": ("MRI -> CT registration: navsvc vs rigid-only vs elastix on phantom cases", 5),
     "streaming": ("OpenIGTLink: delivered rate and latency for 1..32 subscribers", 6),
     "fluoro": ("fluoroscopy 2D/3D registration on projected phantoms", 8),
+    "ablation": ("learned model ablation: rigid, + network, + instance optimisation, both", 9),
 }
 
 

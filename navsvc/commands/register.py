@@ -26,6 +26,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--labels", default="femur=1,necrosis=2,pelvis=3", help="label values in --seg")
     p.add_argument("--elastix-config", default="careful", choices=["careful", "default"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--network", default="none", metavar="shipped|PATH|none",
+                   help="learned network for the deformable stage's starting field: 'shipped' (the committed "
+                   "weights), a weights file from `navsvc train`, or 'none' (default; see docs/benchmarks.md, "
+                   "'Learned model ablation')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -41,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     spec = LabelSpec.parse(args.labels)
     options = RegistrationOptions(method=args.method, device=args.device, labels=spec, seed=args.seed,
-                                  elastix_config=args.elastix_config)
+                                  elastix_config=args.elastix_config,
+                                  network_weights=None if args.network.lower() == "none" else args.network)
+    if options.network_weights:
+        from navsvc.learning.network import load_model_cached
+
+        load_model_cached(options.network_weights)  # a bad weights file fails here, before any work
     mri = read_image(args.mri, "MRI (--mri)")
     labels = read_label_map(args.seg, spec, name="segmentation (--seg)")
     ct = read_image(args.ct, "CT (--ct)")

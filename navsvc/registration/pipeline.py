@@ -12,6 +12,7 @@ import logging
 import platform
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,13 @@ def register_mri_to_ct(
             if options.method == "navsvc":
                 from navsvc.registration.deformable import deformable_stage
 
+                if options.network_weights and options.initial_velocity is None:
+                    from navsvc.learning.network import network_velocity
+
+                    progress("network", 0.6, "learned network: initial field")
+                    with timer.stage("network"):
+                        v0, stages["network"] = network_velocity(ct, mri, femur_mri, rigid, options)
+                    options = replace(options, initial_velocity=v0)
                 with timer.stage("deformable"):
                     out = deformable_stage(ct, mri, femur_mri, rigid, options,
                                            surfaces=(mri_surface, ct_surface), progress=scaled(progress, 0.6, 0.9), cancel=cancel)

@@ -40,6 +40,10 @@ class RegistrationOptions:
     ``elastix-rigid`` (elastix rigid MI only). device: torch device for the deformable
     stage, ``auto`` = CUDA when available. ``initial_velocity``: a (3, Z, Y, X) torch tensor
     on the deformable grid (voxel units of that grid), e.g. from a learned network.
+    ``network_weights``: the learned network that proposes ``initial_velocity`` after the rigid
+    stage (method ``navsvc`` only): None = no network, ``"shipped"`` = the committed weights
+    (navsvc/learning/weights), or a path to weights from ``navsvc train``; ignored when
+    ``initial_velocity`` is given.
     """
 
     method: str = "navsvc"
@@ -65,6 +69,7 @@ class RegistrationOptions:
     deformable_lr: float = 0.05
     deformable_min_gain: float = 0.01  # relative femur MI gain needed to keep the field
     initial_velocity: Any = None
+    network_weights: str | None = None
     elastix_config: str = "careful"
     elastix_bspline: bool = True
     threads: int | None = None
@@ -75,6 +80,8 @@ class RegistrationOptions:
             raise ConfigError(f"expected method one of {METHODS}, got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"expected device auto|cpu|cuda, got {self.device!r}")
+        if self.network_weights is not None and (not isinstance(self.network_weights, str) or not self.network_weights):
+            raise ConfigError(f"network_weights: expected None, 'shipped' or a path, got {self.network_weights!r}")
         if self.elastix_config not in ELASTIX_CONFIGS:
             raise ConfigError(f"expected elastix_config one of {ELASTIX_CONFIGS}, got {self.elastix_config!r}")
 
