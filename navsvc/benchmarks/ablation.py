@@ -27,12 +27,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRESETS = "small-distorted,small,small-distorted,realistic-distorted,small-distorted,cbct"
+DEFAULT_PRESETS = "small-distorted,small,small-distorted,cbct,small-distorted"
 CONFIGS = ("rigid", "rigid+net", "rigid+net+io", "rigid+io", "rigid+net (no gate)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cases", type=int, default=6, help="number of held-out phantom cases (default 6)")
+    p.add_argument("--cases", type=int, default=5, help="number of held-out phantom cases (default 5)")
     p.add_argument("--presets", default=DEFAULT_PRESETS, help="comma-separated presets, cycled over the cases")
     p.add_argument("--first-seed", type=int, default=100, help="first seed (training uses 1000-1025, 2000-2002)")
     p.add_argument("--network", default="shipped", help="'shipped' or a weights file from `navsvc train`")
@@ -56,6 +56,7 @@ def _options(config: str, weights: str) -> Any:
 
 def _no_gate_method(weights: str, rigid_result: dict[str, Any]) -> Any:
     """The network's field on the rigid run's result, composed without the acceptance rule."""
+    from navsvc.learning.data import fat_shift_of
     from navsvc.learning.network import load_model_cached, predict_velocity
     from navsvc.registration import qa
     from navsvc.registration.deformable import region_grid, velocity_transform
@@ -70,7 +71,8 @@ def _no_gate_method(weights: str, rigid_result: dict[str, Any]) -> Any:
         rigid = rigid_result["T"]
         femur_mri = sitk.Cast((case.labels == 1) | (case.labels == 2), sitk.sitkUInt8)
         model = load_model_cached(weights)
-        v = predict_velocity(model, case.ct, case.mri, femur_mri, rigid, opts.deformable_spacing_mm)
+        v = predict_velocity(model, case.ct, case.mri, femur_mri, rigid, opts.deformable_spacing_mm,
+                             fat_shift_mm=fat_shift_of(case))
         grid = region_grid(qa.map_mask(femur_mri, case.ct, rigid.inverse()), opts.deformable_spacing_mm, 15.0)
         D, field_img = velocity_transform(v[None], grid)
         T_ct_from_mri = D.inverse() @ rigid

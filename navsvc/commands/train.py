@@ -16,15 +16,16 @@ def add_parser(sub: Any) -> None:
         "(use with `navsvc register --network PATH`), OUT/loss_log.csv, OUT/summary.json. Defaults are "
         "those of navsvc.learning.train.TrainConfig; see docs/model-card.md.")
     p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, loss log, weights)")
-    p.add_argument("--steps", type=int, help="training steps (default 600)")
+    p.add_argument("--steps", type=int, help="training steps (default 900)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3)")
     p.add_argument("--cases", help="training phantoms, PRESET:FIRST-LAST,... "
                    "(default small-distorted:1000-1011,small:1020-1025)")
     p.add_argument("--eval-cases", help="held-out phantoms for the summary ('' = none; default small-distorted:2000-2002)")
     p.add_argument("--synth-fraction", type=float, help="share of label-synthesised samples (default 0.4)")
-    p.add_argument("--max-aug-mm", type=float, help="largest random field in the femur, mm (default 2.5)")
+    p.add_argument("--max-aug-mm", type=float, help="largest random field in the femur, mm (default 1.5)")
     p.add_argument("--channels", help="UNet channels per level (default 16,32,32,32)")
+    p.add_argument("--order", type=int, help="polynomial degree of the field (default 2)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 25)")
     p.add_argument("--cache", type=Path, help="folder to cache the rendered training pairs (default OUT/cache)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if len(channels) < 2 or min(channels) < 1:
             raise ConfigError(f"--channels: expected at least two levels > 0, got {args.channels!r}")
         net = replace(net, channels=channels)
+    if args.order is not None:
+        if not 1 <= args.order <= 4:
+            raise ConfigError(f"--order: expected 1..4, got {args.order}")
+        net = replace(net, order=args.order)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no CUDA device; use --device cpu")

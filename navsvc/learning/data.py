@@ -40,7 +40,7 @@ from navsvc.learning.network import (
 
 log = logging.getLogger(__name__)
 
-DATA_VERSION = 1
+DATA_VERSION = 2
 N_CLASSES = 7  # air, fat, soft tissue, femur, necrosis, pelvis, other bone
 
 
@@ -160,6 +160,16 @@ def prepare_case(preset: str, seed: int, spacing_mm: float = 2.5, cache_dir: Pat
     return pair
 
 
+def fat_shift_of(case: Any) -> tuple[float, float, float] | None:
+    """The case's fat shift vector (LPS mm) from its acquisition parameters, None when off
+    (as ``navsvc.registration.validation_methods.run_case`` gives it to the pipeline)."""
+    mri = case.params.get("mri", {}) if isinstance(case.params, dict) else {}
+    shift = float(mri.get("chemical_shift_mm", 0.0) or 0.0)
+    if not shift:
+        return None
+    return tuple(shift * float(v) for v in mri["readout_direction_lps"])  # type: ignore[return-value]
+
+
 def pair_from_case(case: Any, spacing_mm: float, name: str = "") -> CasePair:
     """The rendered pair of a phantom case on its input grid (see the module doc)."""
     from navsvc.registration import qa
@@ -171,7 +181,7 @@ def pair_from_case(case: Any, spacing_mm: float, name: str = "") -> CasePair:
     femur_ct = qa.map_mask(femur_mri, case.ct, R0)
     grid = input_grid(femur_ct, spacing_mm)
     R, u_lps = true_rigid_and_truth(case, grid)
-    inputs = image_inputs(case.ct, case.mri, femur_mri, R, grid)
+    inputs = image_inputs(case.ct, case.mri, femur_mri, R, grid, fat_shift_mm=fat_shift_of(case))
     lab = sitk.Resample(case.labels_ct, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     ct_g = sitk.Resample(sitk.Cast(case.ct, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, -1000.0)
     lab_np = sitk.GetArrayFromImage(lab)

@@ -3,15 +3,17 @@
 Contract. Input: a rigidly aligned MRI / CT pair on a CT-aligned region grid around the
 femur (spacing ``NetConfig.input_spacing_mm``, margin ``REGION_MARGIN_MM``, the same region as
 the deformable stage's :func:`~navsvc.registration.deformable.region_grid`). Features
-(modality independent): MIND-SSC (12 channels) of the CT and of the resampled MRI, plus the
-MRI femur mask resampled with the rigid transform: 25 channels, (1, 25, Z, Y, X).
+(:func:`features`, 13 channels): the two images, the MRI femur mask resampled with the rigid
+transform, and Gauss-Newton terms of the MIND-SSC distance (modality independent).
 
 Output: the UNet gives, per voxel, a displacement estimate (3 channels, mm along the grid
 axes i, j, k) and a confidence logit; :func:`fit_polynomial` fits one polynomial of total
 degree <= ``order`` (default 3: 20 terms per component) to them by confidence-weighted least
 squares inside the femur (+5 mm). The result is a :class:`PolyField`: a smooth, low-order
-field that cannot warp bone locally -- the family of MRI gradient nonlinearity (third order)
-and of small residual rigid errors (orders 0 and 1). It is used as a stationary velocity
+field that cannot warp bone locally. The shipped network uses degree 2 (10 terms per
+component): over the ~10 cm of the femur, off the scanner's isocentre, the third-order
+gradient nonlinearity is mostly its local quadratic part, and residual rigid errors are
+orders 0 and 1; fewer terms also average the per-voxel estimates more. It is used as a stationary velocity
 (the deformable stage integrates it by scaling and squaring).
 
 Meaning of the field: with ``T_mri_from_ct_rigid`` the rigid result, the warp
@@ -46,8 +48,9 @@ ARCHITECTURE = "navsvc-velocity-unet-poly"
 FORMAT_VERSION = 1
 #: margin around the femur of the deformable stage's region (deformable._deformable_stage)
 REGION_MARGIN_MM = 15.0
-INPUT_SPEC = "mind_ssc(ct01) [12] + mind_ssc(mri01) [12] + femur_mri_rigid [1]; ct01 = CT on the region grid " \
-             "(linear, -1000 outside), mri01 = MRI resampled with T_mri_from_ct_rigid; both scaled to [0, 1] " \
+INPUT_SPEC = "v2: ct01, mri01, femur_mri_rigid, MIND-SSC Gauss-Newton terms g (3), h (3), step (3), " \
+             "MIND distance (1); ct01 = CT on the region grid (linear, -1000 outside), mri01 = MRI (fat shift " \
+             "undone in the femur when known) resampled with T_mri_from_ct_rigid; both scaled to [0, 1] " \
              "between their 1st and 99th percentiles"
 SHIPPED_PATH = Path(__file__).resolve().parent / "weights" / "velocity_net.safetensors"
 SHIPPED = "shipped"
@@ -59,9 +62,9 @@ class NetConfig:
 
     channels: tuple[int, ...] = (16, 32, 32, 32)
     input_spacing_mm: float = 2.5
-    order: int = 3
+    order: int = 2
     poly_scale_mm: float = 50.0
-    in_channels: int = 25
+    in_channels: int = 13
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetConfig:
@@ -164,11 +167,26 @@ def normalise01(t: torch.Tensor) -> torch.Tensor:
 
 
 def features(fixed01: torch.Tensor, moving01: torch.Tensor, femur: torch.Tensor) -> torch.Tensor:
-    """Network input (1, 25, Z, Y, X) from the [0, 1] CT, the [0, 1] MRI and the MRI femur mask,
-    each (1, 1, Z, Y, X) on the region grid."""
+    """Network input (1, 13, Z, Y, X) from the [0, 1] CT, the [0, 1] MRI and the MRI femur mask,
+    each (1, 1, Z, Y, X) on the region grid.
+
+    Channels: the CT, the MRI, the femur mask; from the MIND-SSC descriptors (12 channels each,
+    modality independent) of both images, with ``r = mind(mri) - mind(ct)`` and ``G_a`` the
+    gradient of mind(mri) along grid axis a (i, j, k): the Gauss-Newton terms ``g_a = sum r G_a``
+    (3) and ``h_a = sum G_a^2`` (3), both divided by the mean of ``h``, the per-voxel step
+    ``-g_a / (h_a + 0.1)`` clamped to +-2 voxels (3), and the MIND distance ``mean |r|`` (1).
+    """
     from navsvc.registration.deformable import mind_ssc
 
-    return torch.cat([mind_ssc(fixed01), mind_ssc(moving01), femur], dim=1)
+    mf, mm = mind_ssc(fixed01), mind_ssc(moving01)
+    r = mm - mf
+    grads = [torch.gradient(mm, dim=d)[0] for d in (4, 3, 2)]  # along i (x), j (y), k (z)
+    g = torch.cat([(r * ga).sum(1, keepdim=True) for ga in grads], dim=1)
+    h = torch.cat([(ga * ga).sum(1, keepdim=True) for ga in grads], dim=1)
+    scale = h.mean().clamp_min(1e-12)
+    g, h = g / scale, h / scale
+    step = (-g / (h + 0.1)).clamp(-2.0, 2.0)
+    return torch.cat([fixed01, moving01, femur, g, h, step, r.abs().mean(1, keepdim=True)], dim=1)
 
 
 def fit_weights(femur: torch.Tensor) -> torch.Tensor:
@@ -281,11 +299,20 @@ def input_grid(femur_ct: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 
 def image_inputs(ct: sitk.Image, mri: sitk.Image, femur_mri: sitk.Image, T_mri_from_ct_rigid: Any,
-                 grid: sitk.Image, device: str = "cpu") -> dict[str, torch.Tensor]:
+                 grid: sitk.Image, device: str = "cpu", fat_shift_mm: Any = None) -> dict[str, torch.Tensor]:
     """The [0, 1] CT, the [0, 1] MRI and the MRI femur mask on ``grid`` (each (1, 1, Z, Y, X)).
 
-    ``T_mri_from_ct_rigid`` maps CT points to MRI points (a RigidTransform or Transform)."""
+    ``T_mri_from_ct_rigid`` maps CT points to MRI points (a RigidTransform or Transform).
+    ``fat_shift_mm``: the MRI's fat chemical shift (LPS mm vector, as
+    ``RegistrationOptions.fat_shift_mm``); when given it is undone inside the femur first
+    (:func:`navsvc.registration.rigid.fat_shift_corrected`): otherwise the marrow's shifted
+    fat signal biases any image similarity by up to the shift (2 mm on our phantoms)."""
     from navsvc.transforms import resample
+
+    if fat_shift_mm is not None:
+        from navsvc.registration.rigid import fat_shift_corrected
+
+        mri = fat_shift_corrected(sitk.Cast(mri, sitk.sitkFloat32), femur_mri, np.asarray(fat_shift_mm, dtype=float))
 
     def tens(img: sitk.Image) -> torch.Tensor:
         return torch.from_numpy(sitk.GetArrayFromImage(img).astype(np.float32))[None, None].to(device)
@@ -304,11 +331,13 @@ def predict_field(model: LoadedModel | VelocityNet, inputs: dict[str, torch.Tens
 
 
 def predict_velocity(model: LoadedModel, ct: sitk.Image, mri: sitk.Image, femur_mri: sitk.Image,
-                     T_ct_from_mri_rigid: Any, spacing_mm: float = 5.0, device: str = "cpu") -> torch.Tensor:
+                     T_ct_from_mri_rigid: Any, spacing_mm: float = 5.0, device: str = "cpu",
+                     fat_shift_mm: Any = None) -> torch.Tensor:
     """The starting velocity for the deformable stage (``RegistrationOptions.initial_velocity``).
 
     ``T_ct_from_mri_rigid``: the rigid stage's result (RigidTransform, MRI -> CT);
-    ``spacing_mm``: ``RegistrationOptions.deformable_spacing_mm``. Returns (3, Z, Y, X) float32
+    ``spacing_mm``: ``RegistrationOptions.deformable_spacing_mm``; ``fat_shift_mm``:
+    ``RegistrationOptions.fat_shift_mm`` (see :func:`image_inputs`). Returns (3, Z, Y, X) float32
     on ``device`` in voxel units of the deformable region grid
     (``region_grid(femur_ct, spacing_mm, 15 mm)``), channels (z, y, x). Raises
     :class:`ConfigError` if the femur maps outside the CT.
@@ -324,7 +353,7 @@ def predict_velocity(model: LoadedModel, ct: sitk.Image, mri: sitk.Image, femur_
     was_training = model.net.training
     model.net.eval()
     with torch.no_grad():
-        inputs = image_inputs(ct, mri, femur_mri, T_mri_from_ct, fine, device)
+        inputs = image_inputs(ct, mri, femur_mri, T_mri_from_ct, fine, device, fat_shift_mm)
         poly = predict_field(model, inputs, fine)
         v = poly.velocity_vox(coarse, device)
     model.net.train(was_training)
@@ -357,7 +386,8 @@ def network_velocity(ct: sitk.Image, mri: sitk.Image, femur_mri: sitk.Image, T_c
     if device == "cpu":  # as the deformable stage: OpenMP spinning on shared cores costs more than it gives
         torch.set_num_threads(int(options.threads or 1))
     try:
-        v = predict_velocity(model, ct, mri, femur_mri, T_ct_from_mri_rigid, options.deformable_spacing_mm, device)
+        v = predict_velocity(model, ct, mri, femur_mri, T_ct_from_mri_rigid, options.deformable_spacing_mm, device,
+                             options.fat_shift_mm)
     finally:
         torch.set_num_threads(before)
     sp = float(options.deformable_spacing_mm)
