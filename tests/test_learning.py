@@ -209,3 +209,36 @@ def test_train_command_resumes_deterministically(held_out, tmp_path, capsys):
     # a resume with other settings is refused
     assert main(["train", "--out", str(tmp_path / "b"), "--steps", "6", "--resume", "--lr", "0.1", *common]) != 0
     assert "other settings" in capsys.readouterr().err
+
+
+def test_register_with_the_shipped_network_never_worse_than_rigid():
+    """The pipeline hook: the network runs after the rigid stage, its field goes through the
+    deformable stage's acceptance rule, and the bone targets are no worse than rigid."""
+    from navsvc.registration import RegistrationOptions, register_mri_to_ct
+    from navsvc.registration.synthetic import analytic_case
+
+    c = analytic_case(4, ct_spacing_mm=(2.0, 2.0, 2.0))
+    names = sorted(c.landmarks_mri)
+    lm = (np.array([c.landmarks_mri[n] for n in names]), np.array([c.landmarks_ct[n] for n in names]))
+    r = register_mri_to_ct(c.mri, c.labels, c.ct, RegistrationOptions(network_weights="shipped",
+                                                                      deformable_iterations=0), landmarks=lm)
+    assert r.stages["network"]["architecture"] == "navsvc-velocity-unet-poly"
+    assert "network" in r.timings_s and r.stages["deformable"]["iterations"] == 0
+    tre = np.linalg.norm(r.T_ct_from_mri.apply(lm[0]) - lm[1], axis=1)
+    tre_rigid = np.linalg.norm(r.T_ct_from_mri_rigid.apply(lm[0]) - lm[1], axis=1)
+    assert tre.max() <= tre_rigid.max() + 0.02
+    assert r.qa.verdict == "PASS", r.qa.reasons
+
+
+def test_register_cli_refuses_bad_weights_before_any_work(tmp_path, capsys):
+    from navsvc.cli import main
+
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"\x00" * 16)
+    missing = str(tmp_path / "not-read.nii.gz")  # never opened: the weights are checked first
+    rc = main(["register", "--mri", missing, "--seg", missing, "--ct", missing, "--out", str(tmp_path / "o"),
+               "--network", str(bad), "--no-progress"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "network weights" in err and "weights.safetensors" in err and "not a readable safetensors" in err
+    assert not (tmp_path / "o").exists()
