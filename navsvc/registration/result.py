@@ -39,7 +39,8 @@ class RegistrationOptions:
     ``rigid`` (the rigid stages only), ``elastix`` (elastix rigid MI + B-spline) or
     ``elastix-rigid`` (elastix rigid MI only). device: torch device for the deformable
     stage, ``auto`` = CUDA when available. ``initial_velocity``: a (3, Z, Y, X) torch tensor
-    on the deformable grid (voxel units of that grid), e.g. from a learned network.
+    on the deformable grid (voxel units of that grid, channels z, y, x), e.g. from a learned
+    network: the velocity ``v`` of ``T_mri_from_ct = T_rigid^-1 o exp(v)``.
     """
 
     method: str = "navsvc"
@@ -56,14 +57,16 @@ class RegistrationOptions:
     #: pixel bandwidth * readout spacing); None = not corrected. See fat_shift_vector_mm.
     fat_shift_mm: tuple[float, float, float] | None = None
     roi_margin_mm: float = 6.0
-    deformable_iterations: int = 20
-    deformable_grid_mm: float = 25.0
+    #: deformable stage (see navsvc.registration.deformable): ICP iterations of the surface
+    #: fit (0 = apply ``initial_velocity`` as is), polynomial degree of the field (1 = affine,
+    #: up to 3), weight of the penalty on its non-rigid part, grid spacing of the velocity field
+    deformable_iterations: int = 30
+    deformable_degree: int = 1
+    deformable_smooth_weight: float = 1e-3
     deformable_spacing_mm: float = 5.0
-    deformable_rigidity_weight: float = 10.0
-    deformable_smooth_weight: float = 1.0
     deformable_max_femur_mm: float = 2.5
-    deformable_lr: float = 0.05
-    deformable_min_gain: float = 0.01  # relative femur MI gain needed to keep the field
+    #: keep the field when held-out surface residual gain + femur MI gain (relative) >= this
+    deformable_min_gain: float = 0.0
     initial_velocity: Any = None
     elastix_config: str = "careful"
     elastix_bspline: bool = True
@@ -75,6 +78,10 @@ class RegistrationOptions:
             raise ConfigError(f"expected method one of {METHODS}, got {self.method!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"expected device auto|cpu|cuda, got {self.device!r}")
+        if not 0 <= self.deformable_degree <= 3:
+            raise ConfigError(f"expected deformable_degree 0..3, got {self.deformable_degree}")
+        if self.deformable_iterations < 0:
+            raise ConfigError(f"expected deformable_iterations >= 0, got {self.deformable_iterations}")
         if self.elastix_config not in ELASTIX_CONFIGS:
             raise ConfigError(f"expected elastix_config one of {ELASTIX_CONFIGS}, got {self.elastix_config!r}")
 
