@@ -187,3 +187,23 @@ def test_initial_velocity_contract():
     out2 = deformable_stage(c.ct, c.mri, femur, T, replace(opts, deformable_iterations=20))
     lm = np.array([c.landmarks_mri[n] for n in sorted(c.landmarks_mri)])
     assert np.linalg.norm(out2.T_ct_from_mri.apply(lm) - T.apply(lm), axis=1).max() < 0.7
+
+
+def test_register_cli_fat_shift_options():
+    import argparse
+
+    from navsvc.commands.register import _fat_shift
+
+    mri = sitk.Image([10, 12, 8], sitk.sitkFloat32)
+    mri.SetSpacing((1.8, 1.8, 3.5))
+    mri.SetDirection((1, 0, 0, 0, 0, -1, 0, 1, 0))  # columns: image axis 1 runs along LPS +z
+    ns = argparse.Namespace
+    assert _fat_shift(ns(fat_shift=None, fat_shift_from=None), mri) is None
+    assert _fat_shift(ns(fat_shift="1.5,0,-0.5", fat_shift_from=None), mri) == (1.5, 0.0, -0.5)
+    # 1.5 T, 200 Hz/px: 3.5e-6 * 42.577e6 * 1.5 / 200 = 1.118 px, x 1.8 mm along image axis 1 = LPS (0, 0, 1)
+    v = _fat_shift(ns(fat_shift=None, fat_shift_from="1.5,200,1"), mri)
+    assert np.allclose(v, (0.0, 0.0, 1.118 * 1.8), atol=0.002)
+    for bad in (ns(fat_shift="1,2", fat_shift_from=None), ns(fat_shift=None, fat_shift_from="1.5,200,3"),
+                ns(fat_shift=None, fat_shift_from="1.5,-1,0")):
+        with pytest.raises(ConfigError):
+            _fat_shift(bad, mri)
