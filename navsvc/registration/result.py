@@ -62,12 +62,11 @@ class RegistrationOptions:
     #: up to 3), weight of the penalty on its non-rigid part, grid spacing of the velocity field
     deformable_iterations: int = 30
     deformable_degree: int = 1
-    deformable_smooth_weight: float = 1e-3
+    deformable_smooth_weight: float = 3e-3
     deformable_spacing_mm: float = 5.0
     deformable_max_femur_mm: float = 2.5
-    #: keep the field when (held-out surface residual gain + 0.5 x femur MI gain), relative,
-    #: >= this. 0.5 %: undistorted analytic phantoms gave spurious 0.65 mm fields at +0.2 %
-    deformable_min_gain: float = 0.005
+    #: keep the field when held-out surface residual gain + femur MI gain (relative) >= this
+    deformable_min_gain: float = 0.0
     initial_velocity: Any = None
     elastix_config: str = "careful"
     elastix_bspline: bool = True
