@@ -36,7 +36,7 @@ projected onto the polynomial model and is the fit's starting point and prior.
 Acceptance (no truth needed): half of the surface points are held out of the fit. The field
 is kept only if the held-out surface residual (point-to-plane, offset removed) and the
 femur's mutual information (fat shift undone where known) together improve:
-``gain_surface + gain_MI >= deformable_min_gain`` (relative gains, default 0), neither
+``gain_surface + gain_MI >= deformable_min_gain`` (relative gains, default 0.5 %), neither
 falls by more than 5 %, and the displacement inside the femur stays below ``deformable_max_femur_mm``.
 Otherwise the rigid result stands and the QA notes say why.
 """
