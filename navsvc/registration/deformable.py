@@ -200,7 +200,7 @@ class PolynomialField:
         """Least-squares projection of displacements ``u_mm`` at ``x_mm`` (N, 3) onto the model."""
         phi = monomials((x_mm - centre_mm) / scale_mm, degree)
         c, *_ = np.linalg.lstsq(phi, u_mm, rcond=None)
-        return PolynomialField(c, np.asarray(centre_mm, dtype=np.float64), scale_mm, degree)
+        return PolynomialField(np.asarray(c, dtype=np.float64), np.asarray(centre_mm, dtype=np.float64), scale_mm, degree)
 
 
 @dataclass(frozen=True)
