@@ -87,6 +87,7 @@ def _run_method(case: Any, name: str) -> dict[str, Any]:
     r["reasons"] = extra.get("reasons")
     r["notes"] = extra.get("notes")
     r["timings_s"] = extra.get("timings_s")
+    r["deformable"] = (extra.get("stages") or {}).get("deformable")
     r["peak_memory_mb"] = mem.above_start_mb
     return r
 

@@ -30,6 +30,12 @@ def add_parser(sub: Any) -> None:
                    help="learned network for the deformable stage's starting field: 'shipped' (the committed "
                    "weights), a weights file from `navsvc train`, or 'none' (default; see docs/benchmarks.md, "
                    "'Learned model ablation')")
+    shift = p.add_mutually_exclusive_group()
+    shift.add_argument("--fat-shift", metavar="X,Y,Z",
+                       help="fat chemical shift of the MRI, LPS mm (undone in the femur for the intensity stage)")
+    shift.add_argument("--fat-shift-from", metavar="FIELD_T,BANDWIDTH_HZ_PX,READOUT_AXIS",
+                       help="the same from the acquisition: field strength (T), pixel bandwidth (Hz/pixel) and "
+                       "the MRI image axis of the readout (0, 1 or 2; DICOM gives it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -44,14 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from navsvc.registration import RegistrationOptions, register_mri_to_ct, write_result
 
     spec = LabelSpec.parse(args.labels)
-    options = RegistrationOptions(method=args.method, device=args.device, labels=spec, seed=args.seed,
-                                  elastix_config=args.elastix_config,
-                                  network_weights=None if args.network.lower() == "none" else args.network)
-    if options.network_weights:
+    network = None if args.network.lower() == "none" else args.network
+    if network:
         from navsvc.learning.network import load_model_cached
 
-        load_model_cached(options.network_weights)  # a bad weights file fails here, before any work
+        load_model_cached(network)  # a bad weights file fails here, before any image is read
     mri = read_image(args.mri, "MRI (--mri)")
+    options = RegistrationOptions(method=args.method, device=args.device, labels=spec, seed=args.seed,
+                                  elastix_config=args.elastix_config, fat_shift_mm=_fat_shift(args, mri),
+                                  network_weights=network)
     labels = read_label_map(args.seg, spec, name="segmentation (--seg)")
     ct = read_image(args.ct, "CT (--ct)")
     points = read_points(args.points) if args.points else None
@@ -87,3 +94,32 @@ def run(args: argparse.Namespace) -> int:
         print("navsvc: registration FAILED the QA gate: " + "; ".join(qa.reasons), file=sys.stderr)
         return exit_code_for(RegistrationFailed("QA gate FAIL"))
     return 0
+
+
+def _fat_shift(args: argparse.Namespace, mri: Any) -> tuple[float, float, float] | None:
+    """``--fat-shift`` or ``--fat-shift-from`` as an LPS mm vector (None when neither is given)."""
+    import numpy as np
+
+    from navsvc.errors import ConfigError
+    from navsvc.registration.result import fat_shift_vector_mm
+
+    if args.fat_shift:
+        try:
+            v = [float(x) for x in args.fat_shift.split(",")]
+        except ValueError:
+            v = []
+        if len(v) != 3 or not np.all(np.isfinite(v)):
+            raise ConfigError(f"--fat-shift: expected three numbers X,Y,Z (LPS mm), got {args.fat_shift!r}")
+        return (v[0], v[1], v[2])
+    if args.fat_shift_from:
+        parts = args.fat_shift_from.split(",")
+        try:
+            field_t, bandwidth, axis = float(parts[0]), float(parts[1]), int(parts[2])
+        except (ValueError, IndexError):
+            field_t, bandwidth, axis = 0.0, 0.0, -1
+        if len(parts) != 3 or field_t <= 0 or bandwidth <= 0 or axis not in (0, 1, 2):
+            raise ConfigError("--fat-shift-from: expected FIELD_T,BANDWIDTH_HZ_PX,READOUT_AXIS with positive field "
+                              f"and bandwidth and an axis 0, 1 or 2, got {args.fat_shift_from!r}")
+        direction = np.array(mri.GetDirection()).reshape(3, 3)[:, axis]
+        return fat_shift_vector_mm(field_t, bandwidth, tuple(direction), mri.GetSpacing()[axis])
+    return None
