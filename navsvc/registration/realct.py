@@ -130,4 +130,4 @@ def make_real_ct_case(
     lm_ct["lesion_center"] = head_c
     lm_mri = {k: T_mri_from_ct.apply(v) for k, v in lm_ct.items()}
     return SyntheticCase(mri, sitk.Cast(labels, sitk.sitkUInt8), ct, T_ct_from_mri, lm_mri, lm_ct,
-                         name=f"real-ct-{side}", extra={"side": side})
+                         name=f"real-ct-{side}", extra={"side": side, "femur_ct": femur})

@@ -36,13 +36,31 @@ def run_case(case: Any, options: RegistrationOptions) -> Any:
         # the readout direction and the shift come from the acquisition (DICOM) metadata
         d = mri_params["readout_direction_lps"]
         options = replace(options, fat_shift_mm=tuple(shift_mm * float(v) for v in d))
+    ct_femur = None
+    if options.method.startswith("elastix") and options.elastix_config == "careful":
+        ct_femur = ct_femur_mask(case)
     t0 = time.perf_counter()
-    result = register_mri_to_ct(case.mri, case.labels, case.ct, options)
+    result = register_mri_to_ct(case.mri, case.labels, case.ct, options, ct_femur_mask=ct_femur)
     seconds = time.perf_counter() - t0
     extra = {"verdict": result.qa.verdict, "reasons": result.qa.reasons, "notes": result.qa.notes,
              "figures": result.qa.figures, "timings_s": result.timings_s, "n_targets": len(targets),
              "T_ct_from_mri_rigid": result.T_ct_from_mri_rigid, "stages": result.stages}
     return MethodResult(result.T_ct_from_mri, seconds, extra)
+
+
+def ct_femur_mask(case: Any) -> Any:
+    """The femur (and lesion) of the case's CT labels, or its ``extra["femur_ct"]``, or None.
+
+    Only the careful elastix configuration gets it (a user who segmented the CT); navsvc
+    registers without any CT segmentation.
+    """
+    import SimpleITK as sitk
+
+    labels_ct = getattr(case, "labels_ct", None)
+    if labels_ct is not None:
+        return sitk.Cast((labels_ct == 1) | (labels_ct == 2), sitk.sitkUInt8)
+    extra = getattr(case, "extra", None)
+    return extra.get("femur_ct") if isinstance(extra, dict) else None
 
 
 def _register_all() -> None:
