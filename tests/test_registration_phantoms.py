@@ -49,3 +49,25 @@ def test_real_ct_bone_segmentation_finds_both_femurs():
     assert seg["recall_femur_left"] > 0.88
     assert seg["recall_femur_right"] > 0.82
     assert seg["dice_femur_right"] > 0.88
+
+
+def test_real_ct_registration_recovers_known_transform():
+    """The real 3 mm CT with screws in the left femur, an MRI-like image synthesised from its masks
+    under a known 17 deg / 28 mm transform. The registration sees no CT mask and not the truth."""
+    d = realct.find_data_dir()
+    if d is None:
+        pytest.skip("shared/data/real-ct-pelvis not present (real-CT registration case not run)")
+    from navsvc.registration import RegistrationOptions, register_mri_to_ct
+
+    case = realct.make_real_ct_case(d)
+    assert case.extra["side"] == "left"
+    names = sorted(case.landmarks_mri)
+    lm_mri = np.array([case.landmarks_mri[n] for n in names])
+    lm_ct = np.array([case.landmarks_ct[n] for n in names])
+    r = register_mri_to_ct(case.mri, case.labels, case.ct, RegistrationOptions(method="rigid"))
+    tre = np.linalg.norm(r.T_ct_from_mri.apply(lm_mri) - lm_ct, axis=1)
+    # measured 0.23 mean / 0.30 max mm (noise seeds 0-2: 0.16-0.23 mean, max <= 0.31);
+    # before the whole-FOV start and the metal-free MI region: 20 mm
+    assert tre.mean() < 0.6
+    assert tre.max() < 1.0
+    assert r.stages["rigid_surface"]["start"].startswith("image")

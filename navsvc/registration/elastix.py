@@ -7,12 +7,14 @@ Configurations:
 
 * ``default``: elastix's default rigid map (4 resolutions, 256 iterations, 2048 random
   samples) with geometric-centre initialisation -- what a typical user runs.
-* ``careful``: femur masks on both sides (moving: the MRI femur dilated by 5 mm; fixed: a CT
-  femur mask dilated by 5 mm when the caller has one, as a user who segmented the CT would --
-  all CT bone instead pulled it towards the pelvis), initialisation by the masks' geometric
-  centres (centre of gravity of the intensities sent it 50 mm off), 4 resolutions, 1000
-  iterations each, 10000 random off-grid samples per iteration, 40 histogram bins -- the
-  best rigid elastix configuration we could make for a femur.
+* ``careful``: the MRI femur dilated by 5 mm as moving mask, geometric-centre initialisation
+  (centre of gravity of the intensities sent it 50 mm off), 4 resolutions, 1000 iterations
+  each, 10000 random off-grid samples per iteration, 40 histogram bins -- the best rigid
+  elastix configuration we could make for a femur. A fixed mask (a CT femur mask dilated by
+  5 mm, ``use_fixed_mask``, as a user who segmented the CT would give) is optional: elastix
+  then initialises by the two masks' centres, which a truncated cone-beam field of view puts
+  8 mm apart (phantom cbct-103: lost at 43 mm with it, 0.12 mm without); all CT bone as fixed
+  mask pulled it towards the pelvis.
 
 The B-spline stage (``bspline=True``) uses elastix's default B-spline map with a 20 mm final
 grid and the same masks; its result is returned as a dense displacement field on the CT grid.

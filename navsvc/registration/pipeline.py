@@ -205,7 +205,7 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
         """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m."""
         T_mri_from_ct = RigidTransform(m, CT, MRI).inverse()
         roi = rigid_mod.mi_region(qa.map_mask(femur_mri, ct, T_mri_from_ct), ct, options.roi_margin_mm)
-        return -qa.masked_mi(ct, mri, roi, T_mri_from_ct)
+        return -rigid_mod.region_mi(ct, mri, roi, T_mri_from_ct.to_sitk())
 
     with timer.stage("rigid_image"):
         image_start = rigid_mod.image_rigid(mri, ct, seed=options.seed, cancel=cancel)

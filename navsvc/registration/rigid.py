@@ -74,6 +74,7 @@ def surface_rigid(
     max_rotation_deg: float = 75.0,
     rank: Callable[[F], float] | None = None,
     extra_starts: list[tuple[str, F]] | None = None,
+    search_margin_mm: float = 60.0,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
 ) -> SurfaceFit:
@@ -86,6 +87,10 @@ def surface_rigid(
     given and after ICP: where the CT bone surface is unreliable (metal artefacts, a coarse
     grid) ICP can pull a good image-based start away from the pose.
 
+    Only CT bone within ``search_margin_mm`` of the MRI femur's bounding box, placed by the
+    identity or by an extra start, is searched (the pose limits are 40 mm and 30 degrees; a
+    CT of the whole pelvis and spine otherwise costs seconds of features and RANSAC).
+
     Starts whose rotation exceeds ``max_rotation_deg`` are dropped when another start remains:
     MRI and CT are both in patient coordinates, so a half-turn is a mirror-image fit, not a pose.
     """
@@ -93,6 +98,10 @@ def surface_rigid(
         raise RegistrationFailed(
             f"expected bone surfaces with >= 50 points, got MRI {len(mri_surface)} and CT {len(ct_surface)}"
         )
+    given = list(extra_starts or [])
+    ct_surface = near_poses(ct_surface, mri_surface.points_mm, [np.eye(4)] + [m for _, m in given], search_margin_mm)
+    if len(ct_surface) < 50:
+        raise RegistrationFailed(f"expected CT bone near the MRI femur's plausible poses, got {len(ct_surface)} points")
     o3d.utility.random.seed(int(seed))
     src_full, tgt_full = _cloud(mri_surface), _cloud(ct_surface)
     src = src_full.voxel_down_sample(voxel_mm)
@@ -117,7 +126,6 @@ def surface_rigid(
     centroid[:3, 3] = np.asarray(tgt.get_center()) - np.asarray(src.get_center())
     starts.append(("centroid", centroid))
     starts.append(("identity", np.eye(4)))
-    given = list(extra_starts or [])
     starts.extend(given)
     tree = cKDTree(ct_surface.points_mm)
     # every start: coarse ICP on the FPFH clouds; only the winner gets the fine ICP
@@ -141,6 +149,19 @@ def surface_rigid(
         best = icp(src_icp, tgt_full.voxel_down_sample(1.5), best, (2.0, 1.0))
     score = trimmed_distance_mm(_apply(best, src_icp), tree)
     return SurfaceFit(best, score, len(fits), name)
+
+
+def near_poses(ct_surface: Surface, mri_points_mm: F, poses: list[F], margin_mm: float) -> Surface:
+    """CT surface points inside the MRI points' bounding box mapped by any of ``poses``
+    (``T_ct_from_mri`` 4x4), grown by ``margin_mm``."""
+    lo, hi = mri_points_mm.min(0), mri_points_mm.max(0)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    keep = np.zeros(len(ct_surface), bool)
+    for m in poses:
+        c = corners @ np.asarray(m)[:3, :3].T + np.asarray(m)[:3, 3]
+        keep |= np.all((ct_surface.points_mm >= c.min(0) - margin_mm) & (ct_surface.points_mm <= c.max(0) + margin_mm),
+                       axis=1)
+    return Surface(ct_surface.points_mm[keep], ct_surface.normals[keep])
 
 
 def _apply(m: F, pc: o3d.geometry.PointCloud) -> F:
@@ -218,6 +239,31 @@ def _like(arr_zyx: NDArray[np.uint8], reference: sitk.Image) -> sitk.Image:
     return img
 
 
+def region_mi(ct: sitk.Image, mri: sitk.Image, region: sitk.Image, T_mri_from_ct: sitk.Transform, *,
+              spacing_mm: float = 2.0, bins: int = 40) -> float:
+    """Mattes mutual information (positive, higher is better) of the CT and the MRI mapped by
+    ``T_mri_from_ct`` over every voxel of ``region`` (CT grid), on a grid no finer than
+    ``spacing_mm`` (a fine CT is smoothed and resampled first): a cheap score that tells
+    candidate poses apart, not the refinement's metric."""
+    from navsvc.registration.bone import crop_to_mask
+
+    roi = sitk.GetArrayViewFromImage(region) > 0
+    if not roi.any():
+        return 0.0
+    fixed = crop_to_mask(sitk.Cast(ct, sitk.sitkFloat32), roi, margin_vox=1)
+    mask = crop_to_mask(region, roi, margin_vox=1)
+    if min(ct.GetSpacing()) < spacing_mm:
+        fixed = resample_to_spacing(sitk.SmoothingRecursiveGaussian(fixed, 0.4 * spacing_mm), spacing_mm, sitk.sitkLinear)
+        mask = resample_to_spacing(mask, spacing_mm, sitk.sitkNearestNeighbor)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    method.SetMetricSamplingStrategy(method.NONE)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetMetricFixedMask(mask)
+    method.SetInitialTransform(T_mri_from_ct)
+    return -float(method.MetricEvaluate(fixed, sitk.Cast(mri, sitk.sitkFloat32)))
+
+
 def image_rigid(
     mri: sitk.Image,
     ct: sitk.Image,
@@ -228,12 +274,14 @@ def image_rigid(
     sampling: float = 0.1,
     iterations: int = 200,
     seed: int = 0,
+    coarse_mm: float = 2.0,
     cancel: CancelToken | None = None,
 ) -> F:
     """Coarse rigid fit of the whole MRI field of view to the CT by Mattes mutual information.
 
     Fixed = the MRI (samples from where it has signal, ``sampling`` of its voxels at each
-    level, seeded), moving = the CT clamped by :func:`ct_for_mi`; multi-resolution (``shrink``
+    level, seeded), moving = the CT clamped by :func:`ct_for_mi` (a CT finer than ``coarse_mm``
+    is smoothed and resampled to it first); multi-resolution (``shrink``
     factors, Gaussian ``smoothing_mm``). Starts from ``T_ct_from_mri_init`` (default the
     identity: both images are in patient coordinates) and rotates about the MRI's centre.
     Returns ``T_ct_from_mri`` (4x4, LPS mm). Bone, fat and muscle of the whole field of view
@@ -268,7 +316,11 @@ def image_rigid(
             if cancel.cancelled:
                 method.StopRegistration()
         method.AddCommand(sitk.sitkIterationEvent, _check)
-    method.Execute(mri_f, ct_for_mi(ct))
+    moving = ct_for_mi(ct)
+    if min(ct.GetSpacing()) < coarse_mm:  # a fine CT: its detail is below the levels used here
+        moving = resample_to_spacing(sitk.SmoothingRecursiveGaussian(moving, 0.5 * coarse_mm), coarse_mm,
+                                     sitk.sitkLinear)
+    method.Execute(mri_f, moving)
     if cancel is not None:
         cancel.check()
     m = np.eye(4)

@@ -2,7 +2,9 @@
 
 Imported by :mod:`phantoms.validate` as a plugin; registers ``navsvc`` (full pipeline),
 ``rigid`` (rigid stages only), ``elastix`` (careful rigid + B-spline), ``elastix-rigid``
-(careful rigid) and ``elastix-default`` (elastix's default rigid map).
+(careful rigid), ``elastix-rigid-masks`` (careful rigid with the CT femur mask as fixed mask
+as well, from the case's CT labels: a user who segmented the CT) and ``elastix-default``
+(elastix's default rigid map).
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ METHOD_OPTIONS: dict[str, RegistrationOptions] = {
     "rigid": RegistrationOptions(method="rigid"),
     "elastix": RegistrationOptions(method="elastix", elastix_config="careful"),
     "elastix-rigid": RegistrationOptions(method="elastix-rigid", elastix_config="careful"),
+    "elastix-rigid-masks": RegistrationOptions(method="elastix-rigid", elastix_config="careful"),
     "elastix-default": RegistrationOptions(method="elastix-rigid", elastix_config="default"),
 }
 
 
-def run_case(case: Any, options: RegistrationOptions) -> Any:
+#: methods that get the CT femur mask (elastix's fixed mask); navsvc never does
+FIXED_MASK_METHODS = frozenset({"elastix-rigid-masks"})
+
+
+def run_case(case: Any, options: RegistrationOptions, *, fixed_mask: bool = False) -> Any:
     """Register one phantom case; returns the harness's MethodResult with QA in ``extra``."""
     from phantoms.validate import MethodResult
 
@@ -37,7 +44,7 @@ def run_case(case: Any, options: RegistrationOptions) -> Any:
         d = mri_params["readout_direction_lps"]
         options = replace(options, fat_shift_mm=tuple(shift_mm * float(v) for v in d))
     ct_femur = None
-    if options.method.startswith("elastix") and options.elastix_config == "careful":
+    if fixed_mask and options.method.startswith("elastix") and options.elastix_config == "careful":
         ct_femur = ct_femur_mask(case)
     t0 = time.perf_counter()
     result = register_mri_to_ct(case.mri, case.labels, case.ct, options, ct_femur_mask=ct_femur)
@@ -67,7 +74,8 @@ def _register_all() -> None:
     from phantoms.validate import register_method
 
     for name, opts in METHOD_OPTIONS.items():
-        register_method(name, lambda case, o=opts: run_case(case, o), replace=True)
+        register_method(name, lambda case, o=opts, f=name in FIXED_MASK_METHODS: run_case(case, o, fixed_mask=f),
+                        replace=True)
 
 
 def options_for(name: str, **overrides: Any) -> RegistrationOptions:
