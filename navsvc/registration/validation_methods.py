@@ -31,8 +31,14 @@ METHOD_OPTIONS: dict[str, RegistrationOptions] = {
 FIXED_MASK_METHODS = frozenset({"elastix-rigid-masks"})
 
 
-def run_case(case: Any, options: RegistrationOptions, *, fixed_mask: bool = False) -> Any:
-    """Register one phantom case; returns the harness's MethodResult with QA in ``extra``."""
+def run_case(case: Any, options: RegistrationOptions, *, fixed_mask: bool | None = None) -> Any:
+    """Register one phantom case; returns the harness's MethodResult with QA in ``extra``.
+
+    ``fixed_mask``: give elastix the case's CT femur mask; None = when ``options`` is the very
+    object of a method in :data:`FIXED_MASK_METHODS` (the benchmark passes METHOD_OPTIONS[name]).
+    """
+    if fixed_mask is None:
+        fixed_mask = any(options is METHOD_OPTIONS[n] for n in FIXED_MASK_METHODS)
     from phantoms.validate import MethodResult
 
     targets = [case.landmarks_mri[n] for n in case.landmark_names("femur")]
