@@ -106,6 +106,7 @@ def register_mri_to_ct(
     *,
     targets_mri: F | None = None,
     landmarks: tuple[F, F] | None = None,
+    ct_femur_mask: sitk.Image | None = None,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
 ) -> RegistrationResult:
@@ -114,7 +115,8 @@ def register_mri_to_ct(
     Inputs: ``mri`` (any scalar MRI, LPS geometry), ``labels`` (label map on the MRI grid,
     values per ``options.labels``), ``ct`` (HU). ``targets_mri`` (N, 3) LPS mm: QA checks they
     land inside the CT. ``landmarks``: (points in the MRI (N, 3), the same points in the CT
-    (N, 3)), for the QA's TRE.
+    (N, 3)), for the QA's TRE. ``ct_femur_mask`` (CT grid, femur > 0): only the elastix
+    methods use it, as the fixed mask a user who segmented the CT would give; navsvc never does.
 
     Returns ``T_ct_from_mri`` (maps MRI points to CT points; move targets with it) and
     ``T_mri_from_ct`` (``I_mri(T_mri_from_ct(x)) ~ I_ct(x)``; resample the MRI with it), QA
@@ -148,7 +150,7 @@ def register_mri_to_ct(
     rigid: RigidTransform = RigidTransform.identity(CT, MRI)
     try:
         if options.method.startswith("elastix"):
-            rigid, deformed = _elastix(mri, femur_mri, ct, ct_bone, options, timer, progress)
+            rigid, deformed = _elastix(mri, femur_mri, ct, ct_femur_mask, options, timer, progress)
             T_ct_from_mri, T_mri_from_ct = rigid, rigid.inverse()
             if deformed is not None:
                 T_mri_from_ct = deformed
@@ -210,19 +212,22 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
     def rank(m: F) -> float:
         """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m."""
         T_mri_from_ct = RigidTransform(m, CT, MRI).inverse()
-        roi = _roi(qa.map_mask(femur_mri, ct, T_mri_from_ct), options.roi_margin_mm)
-        return -qa.masked_mi(ct, mri, roi, T_mri_from_ct)
+        roi = rigid_mod.mi_region(qa.map_mask(femur_mri, ct, T_mri_from_ct), ct, options.roi_margin_mm)
+        return -rigid_mod.region_mi(ct, mri, roi, T_mri_from_ct.to_sitk())
 
+    with timer.stage("rigid_image"):
+        image_start = rigid_mod.image_rigid(mri, ct, seed=options.seed, cancel=cancel)
     with timer.stage("rigid_surface"):
         fit = rigid_mod.surface_rigid(mri_surface, ct_surface, voxel_mm=options.surface_voxel_mm,
                                       seed=options.seed, n_starts=options.ransac_starts,
                                       max_rotation_deg=options.qa.max_rotation_deg, rank=rank,
+                                      extra_starts=[("image", image_start)],
                                       progress=scaled(progress, 0.0, 0.6), cancel=cancel)
     T_surface = RigidTransform(fit.T_ct_from_mri, CT, MRI)
     stages["rigid_surface"] = {"score_mm": fit.score_mm, "start": fit.source, "starts": fit.candidates,
                                "rotation_deg": T_surface.rotation_angle_deg}
     with timer.stage("rigid_intensity"):
-        roi = _roi(qa.map_mask(femur_mri, ct, T_surface.inverse()), options.roi_margin_mm)
+        roi = rigid_mod.mi_region(qa.map_mask(femur_mri, ct, T_surface.inverse()), ct, options.roi_margin_mm)
         if not sitk.GetArrayViewFromImage(roi).any():
             raise RegistrationFailed("the femur maps outside the CT after the surface fit")
         center = T_surface.apply(mri_surface.points_mm.mean(0))
@@ -244,19 +249,20 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
     return T_refined
 
 
-def _elastix(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sitk.Image,
+def _elastix(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_femur: sitk.Image | None,
              options: RegistrationOptions, timer: _Timer, progress: ProgressFn) -> tuple[RigidTransform, Transform | None]:
     from navsvc.registration.elastix import elastix_register
 
     moving_mask = sitk.BinaryDilate(femur_mri, [max(1, int(round(5.0 / s))) for s in mri.GetSpacing()])
-    fixed_mask = sitk.BinaryDilate(ct_bone, [max(1, int(round(5.0 / s))) for s in ct.GetSpacing()])
+    fixed_mask = None if ct_femur is None else sitk.BinaryDilate(
+        sitk.Cast(ct_femur > 0, sitk.sitkUInt8), [max(1, int(round(5.0 / s))) for s in ct.GetSpacing()])
     progress("elastix", 0.1, f"elastix ({options.elastix_config})")
     with timer.stage("elastix"):
         try:
             rigid, deformed = elastix_register(ct, mri, moving_mask=moving_mask, fixed_mask=fixed_mask,
                                                config=options.elastix_config,
                                                bspline=options.method == "elastix" and options.elastix_bspline,
-                                               threads=options.threads)
+                                               threads=options.threads, use_fixed_mask=fixed_mask is not None)
         except RuntimeError as exc:  # elastix stops with an internal error (e.g. too few samples)
             raise RegistrationFailed(f"elastix stopped: {str(exc).strip().splitlines()[-1]}") from exc
     progress("elastix", 0.9, "elastix done")

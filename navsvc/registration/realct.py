@@ -61,7 +61,7 @@ def metal_side(data: dict[str, sitk.Image], metal_hu: float = 2000.0) -> str | N
 
 def bone_segmentation_check(data: dict[str, sitk.Image], threshold_hu: float = 250.0) -> dict[str, float]:
     """Dice of the HU bone segmentation against each femur mask, within 10 mm of that mask."""
-    bone = sitk.GetArrayViewFromImage(segment_ct_bone(data["example_ct"], threshold_hu, fill="slices")) > 0
+    bone = sitk.GetArrayFromImage(segment_ct_bone(data["example_ct"], threshold_hu, fill="slices")) > 0
     out: dict[str, float] = {}
     for side in ("left", "right"):
         m = sitk.Cast(data[f"femur_{side}"] > 0, sitk.sitkUInt8)
@@ -130,4 +130,4 @@ def make_real_ct_case(
     lm_ct["lesion_center"] = head_c
     lm_mri = {k: T_mri_from_ct.apply(v) for k, v in lm_ct.items()}
     return SyntheticCase(mri, sitk.Cast(labels, sitk.sitkUInt8), ct, T_ct_from_mri, lm_mri, lm_ct,
-                         name=f"real-ct-{side}", extra={"side": side})
+                         name=f"real-ct-{side}", extra={"side": side, "femur_ct": femur})
