@@ -41,7 +41,8 @@ def _configs() -> dict[str, Any]:
     return {
         "two-view": (None, PoseOptions()),
         "single-view": (1, PoseOptions()),
-        "one-start": (None, PoseOptions(strides=(1,), iterations=(60,), n_starts=1, n_refine=1)),
+        "one-start": (None, PoseOptions(strides=(1,), iterations=(160,), smooth_px=(1.0,), outline_band_px=(3.0,),
+                                        n_starts=1, n_refine=1)),
     }
 
 
