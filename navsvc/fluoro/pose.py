@@ -175,7 +175,7 @@ def register_views(
     dtype = torch.float32
     volume = AttenuationVolume.from_image(mu, device=device, dtype=dtype)
     centre_mri, _ = volume.bounding_sphere()
-    T_init = torch.as_tensor(T_world_from_mri_init.matrix, dtype=dtype, device=device)
+    T_init = torch.as_tensor(np.array(T_world_from_mri_init.matrix), dtype=dtype, device=device)
     centre_world = torch.as_tensor(T_world_from_mri_init.apply(centre_mri), dtype=dtype, device=device)
     image_t = [torch.as_tensor(np.asarray(img, dtype=np.float32), device=device) for img in images]
     # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge

@@ -172,7 +172,7 @@ def similarity_at(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: Rig
     """Gradient correlation of each view with the DRR at a given pose (full resolution)."""
     dev = choose_device(device)
     vol = AttenuationVolume.from_image(mu, device=dev)
-    T = torch.as_tensor(T_world_from_mri.matrix, dtype=torch.float32, device=dev)
+    T = torch.as_tensor(np.array(T_world_from_mri.matrix), dtype=torch.float32, device=dev)
     with torch.no_grad():
         drrs = render(vol, [v.geometry for v in views], pose_from_params(torch.zeros(6, device=dev), T,
                       torch.zeros(3, device=dev)), n_samples=n_samples)
