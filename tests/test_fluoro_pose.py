@@ -72,8 +72,7 @@ def scene(femur_labels):
     return T_true, views, images, iso
 
 
-FAST = PoseOptions(strides=(4, 2), iterations=(80, 50), smooth_px=(0.0, 0.0), outline_band_px=(0.0, 0.0), n_starts=1,
-                   n_refine=1)
+FAST = PoseOptions(n_starts=1, n_refine=1)
 
 
 def test_two_views_recover_the_pose_within_half_a_millimetre(femur_labels, scene):

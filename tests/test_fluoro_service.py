@@ -39,6 +39,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory):
     return case, paths, [(v, v.with_name(v.name.replace(".nii.gz", ".json"))) for v in views]
 
 
+@pytest.mark.slow
 def test_fluoro_registration_over_grpc(tmp_path: Path, phantom) -> None:
     from navsvc.server.app import create_server
 
