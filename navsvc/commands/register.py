@@ -106,7 +106,7 @@ def run_fluoro(args: argparse.Namespace) -> int:
     from navsvc.frames import MRI, WORLD
     from navsvc.imaging import LabelSpec, read_image, read_label_map
     from navsvc.markups import read_points
-    from navsvc.transforms import read_transform
+    from navsvc.transforms import RigidTransform, read_transform
 
     spec = LabelSpec.parse(args.labels)
     read_image(args.mri, "MRI (--mri)")  # checked; the fluoroscopy path renders the segmentation
@@ -114,6 +114,8 @@ def run_fluoro(args: argparse.Namespace) -> int:
     views = [read_view(path) for path in args.fluoro]
     points = read_points(args.points) if args.points else None
     init = read_transform(args.init, WORLD, MRI) if args.init else None
+    if init is not None and not isinstance(init, RigidTransform):
+        raise InputError(f"--init {args.init}: expected a rigid transform, got {type(init).__name__}")
     if args.starts < 1:
         raise InputError(f"--starts: expected at least 1, got {args.starts}")
     options = FluoroOptions(pose=PoseOptions(device=args.device, seed=args.seed, n_starts=args.starts,

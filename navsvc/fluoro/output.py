@@ -55,6 +55,7 @@ def write_fluoro_result(result: FluoroResult, out_dir: str | os.PathLike[str], v
                                                  result.T_world_from_mri, targets, spec,
                                                  title=f"{view.geometry.name}: {result.qa.verdict}")
     if points_mri:
-        mapped = {k: result.T_world_from_mri.apply(np.asarray(p, dtype=np.float64)) for k, p in points_mri.items()}
+        mapped = {k: result.T_world_from_mri.apply(np.asarray(p, dtype=np.float64)).tolist()
+                  for k, p in points_mri.items()}
         files["points"] = write_markups(out / "points_world.mrk.json", [fiducials(f"points_{WORLD}", mapped)])
     return files
