@@ -1,4 +1,4 @@
-"""`navsvc register`: register the preoperative MRI to an intraoperative CT (offline)."""
+"""`navsvc register`: register the preoperative MRI to an intraoperative CT or to fluoroscopy views (offline)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,26 @@ from typing import Any
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "register",
-        help="register the preoperative MRI to an intraoperative CT (offline)",
-        description="Register MRI (+ segmentation) to an intraoperative CT. Writes DIR/T_ct_from_mri.h5, "
-        "DIR/T_mri_from_ct.h5, DIR/qa.json, DIR/lesion_in_ct.nii.gz, DIR/overlay.png and, with --points, "
-        "DIR/points_ct.mrk.json. Exits non-zero when the QA gate says FAIL (qa.json is still written).",
+        help="register the preoperative MRI to an intraoperative CT or to fluoroscopy views (offline)",
+        description="Register MRI (+ segmentation) to an intraoperative CT (--ct) or to two or more X-ray views "
+        "(--fluoro). CT: writes DIR/T_ct_from_mri.h5, DIR/T_mri_from_ct.h5, DIR/qa.json, DIR/lesion_in_ct.nii.gz, "
+        "DIR/overlay.png and, with --points, DIR/points_ct.mrk.json. Fluoroscopy: DIR/T_world_from_mri.h5, "
+        "DIR/T_mri_from_world.h5, DIR/qa.json, DIR/overlay_<view>.png and, with --points, "
+        "DIR/points_world.mrk.json. Exits non-zero when the QA gate says FAIL (qa.json is still written).",
     )
     p.add_argument("--mri", required=True, type=Path, help="preoperative MRI volume")
     p.add_argument("--seg", required=True, type=Path, help="segmentation on the MRI grid (femur, necrosis, pelvis)")
-    p.add_argument("--ct", required=True, type=Path, help="intraoperative CT in Hounsfield units")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ct", type=Path, help="intraoperative CT in Hounsfield units")
+    target.add_argument("--fluoro", nargs="+", type=Path, metavar="VIEW",
+                        help="X-ray views: image files with a JSON geometry beside them (view.nii.gz + view.json), "
+                        "or DICOM XA / RF / DX files")
+    p.add_argument("--init", type=Path, help="fluoroscopy: rough initial T_world_from_mri (ITK transform file); "
+                   "default: patient axes aligned, lesion at the views' isocentre")
+    p.add_argument("--starts", type=int, default=7, help="fluoroscopy: number of starting poses (default 7)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--points", type=Path, help="Slicer markups (.mrk.json) of MRI-frame points to map into the CT")
+    p.add_argument("--points", type=Path, help="Slicer markups (.mrk.json) of MRI-frame points to map into the CT "
+                   "(or the fluoroscopy world frame)")
     p.add_argument("--method", default="navsvc", choices=["navsvc", "rigid", "elastix", "elastix-rigid"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--labels", default="femur=1,necrosis=2,pelvis=3", help="label values in --seg")
@@ -41,6 +51,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fluoro:
+        return run_fluoro(args)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -123,3 +135,61 @@ def _fat_shift(args: argparse.Namespace, mri: Any) -> tuple[float, float, float]
         direction = np.array(mri.GetDirection()).reshape(3, 3)[:, axis]
         return fat_shift_vector_mm(field_t, bandwidth, tuple(direction), mri.GetSpacing()[axis])
     return None
+
+
+def run_fluoro(args: argparse.Namespace) -> int:
+    """`navsvc register --fluoro`: MRI femur -> C-arm world frame from two or more X-ray views."""
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from navsvc.errors import InputError, RegistrationFailed, exit_code_for
+    from navsvc.fluoro.output import write_fluoro_result
+    from navsvc.fluoro.pose import PoseOptions
+    from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
+    from navsvc.fluoro.views import read_view
+    from navsvc.frames import MRI, WORLD
+    from navsvc.imaging import LabelSpec, read_image, read_label_map
+    from navsvc.markups import read_points
+    from navsvc.transforms import RigidTransform, read_transform
+
+    spec = LabelSpec.parse(args.labels)
+    read_image(args.mri, "MRI (--mri)")  # checked; the fluoroscopy path renders the segmentation
+    labels = read_label_map(args.seg, spec, name="segmentation (--seg)")
+    views = [read_view(path) for path in args.fluoro]
+    points = read_points(args.points) if args.points else None
+    init = read_transform(args.init, WORLD, MRI) if args.init else None
+    if init is not None and not isinstance(init, RigidTransform):
+        raise InputError(f"--init {args.init}: expected a rigid transform, got {type(init).__name__}")
+    if args.starts < 1:
+        raise InputError(f"--starts: expected at least 1, got {args.starts}")
+    options = FluoroOptions(pose=PoseOptions(device=args.device, seed=args.seed, n_starts=args.starts,
+                                             n_refine=min(2, args.starts)), labels=spec)
+    targets = np.array(list(points.values())) if points else None
+    console = Console(stderr=True)
+    if args.no_progress:
+        result = register_mri_to_fluoro(labels, views, options, T_world_from_mri_init=init, targets_mri=targets)
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("registration", total=1.0)
+
+            def report(stage: str, fraction: float, message: str) -> None:
+                bar.update(task, completed=fraction, description=f"{stage}: {message}"[:70])
+
+            result = register_mri_to_fluoro(labels, views, options, T_world_from_mri_init=init,
+                                            targets_mri=targets, progress=report)
+    files = write_fluoro_result(result, args.out, views, labels, points_mri=points, spec=spec)
+    qa = result.qa
+    out = sys.stdout
+    print(f"verdict: {qa.verdict}", file=out)
+    for reason in qa.reasons:
+        print(f"  - {reason}", file=out)
+    print("  " + ", ".join(f"similarity {k}={v:.3f}" for k, v in result.similarity_per_view.items()), file=out)
+    print(f"  time {result.timings_s.get('total', 0.0):.1f} s; files in {args.out}:", file=out)
+    for path in files.values():
+        print(f"    {path.name}", file=out)
+    if qa.verdict == "FAIL":
+        print("navsvc: registration FAILED the QA gate: " + "; ".join(qa.reasons), file=sys.stderr)
+        return exit_code_for(RegistrationFailed("QA gate FAIL"))
+    return 0

@@ -17,17 +17,21 @@ import SimpleITK as sitk
 from navsvc.errors import InvalidLabelsError
 from navsvc.imaging import LabelSpec, reference_grid
 
-#: Linear attenuation at ~60 keV effective energy, 1/mm.
-MU_CORTICAL_PER_MM = 0.050
-MU_TRABECULAR_PER_MM = 0.026
+#: Linear attenuation at ~60 keV effective energy, 1/mm, in excess of the soft tissue (water) that the
+#: bone displaces: a radiograph shows bone against tissue, so a bone-only DRR must render the
+#: difference (cortical ~0.051 - 0.020, trabecular ~0.026 - 0.020). Rendering absolute mu made the
+#: femur a bright solid whose edges are weaker than its inside and pulled the pose 2-8 mm off
+#: on the phantoms' views.
 MU_WATER_PER_MM = 0.020
+MU_CORTICAL_PER_MM = 0.031
+MU_TRABECULAR_PER_MM = 0.006
 
 
 @dataclass(frozen=True)
 class AttenuationOptions:
     spacing_mm: float = 1.0
     margin_mm: float = 8.0
-    cortical_thickness_mm: float = 2.5
+    cortical_thickness_mm: float = 2.0
     mu_cortical_per_mm: float = MU_CORTICAL_PER_MM
     mu_trabecular_per_mm: float = MU_TRABECULAR_PER_MM
     include_pelvis: bool = False
@@ -35,8 +39,15 @@ class AttenuationOptions:
 
 
 def _signed_distance_mm(mask: sitk.Image) -> sitk.Image:
-    """Signed distance to the mask surface in mm (negative inside), on the mask's grid."""
-    return sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    """Signed distance to the mask surface in mm (negative inside), on the mask's grid.
+
+    The surface is taken halfway between the last voxel inside and the first outside (the mean of
+    the mask's and its complement's Maurer maps, whose zero levels lie on voxel centres), so a
+    label is neither shrunk nor grown by half a voxel."""
+    def maurer(m: sitk.Image) -> sitk.Image:
+        return sitk.SignedMaurerDistanceMap(m, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+
+    return 0.5 * (maurer(mask) - maurer(1 - mask))
 
 
 def bone_attenuation(labels: sitk.Image, spec: LabelSpec = LabelSpec(),

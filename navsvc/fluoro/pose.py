@@ -32,8 +32,8 @@ from navsvc.transforms import RigidTransform, rotation_matrix_from_axis_angle
 
 @dataclass(frozen=True)
 class PoseOptions:
-    strides: tuple[int, ...] = (4, 2)
-    iterations: tuple[int, ...] = (80, 50)
+    strides: tuple[int, ...] = (4, 2, 1)
+    iterations: tuple[int, ...] = (80, 50, 30)
     start_iterations: int = 30
     n_samples: int = 96
     n_starts: int = 7
@@ -43,6 +43,13 @@ class PoseOptions:
     lr_translation_mm: float = 1.0
     seed: int = 0
     device: str = "auto"
+    #: per level: Gaussian blur (sigma, full-resolution detector pixels) of DRR and image before the
+    #: gradients; wide at the coarse level for capture range, narrow at the end for precision
+    smooth_px: tuple[float, ...] = (2.0, 1.0, 1.0)
+    #: per level: compare only a band of this half-width (full-resolution pixels) about the femur's
+    #: projected outline, where the label model is right; 0 = the whole dilated footprint, which
+    #: also holds the marrow, lesion and overlapping pelvis the label model does not render
+    outline_band_px: tuple[float, ...] = (6.0, 3.0, 3.0)
 
 
 @dataclass
@@ -76,6 +83,20 @@ def _block_mean(image: torch.Tensor, stride: int, shape: tuple[int, int]) -> tor
     return pooled[: shape[0], : shape[1]]
 
 
+def gaussian_blur(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Separable Gaussian blur of an image (rows, cols), replicate padding; identity for ``sigma_px <= 0``."""
+    if sigma_px <= 0:
+        return image
+    r = max(1, int(np.ceil(3.0 * sigma_px)))
+    x = torch.arange(-r, r + 1, dtype=image.dtype, device=image.device)
+    k = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    k = k / k.sum()
+    im = torch.nn.functional.pad(image[None, None], (r, r, r, r), mode="replicate")
+    im = torch.nn.functional.conv2d(im, k.view(1, 1, 1, -1))
+    im = torch.nn.functional.conv2d(im, k.view(1, 1, -1, 1))
+    return im[0, 0]
+
+
 def _ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     wsum = w.sum().clamp_min(1e-9)
     ma, mb = (a * w).sum() / wsum, (b * w).sum() / wsum
@@ -98,6 +119,15 @@ def _support_weight(drr: torch.Tensor, dilate_px: int) -> torch.Tensor:
     mask = (drr > 0.02 * drr.max()).to(drr.dtype)[None, None]
     k = 2 * dilate_px + 1
     return (torch.nn.functional.max_pool2d(mask, k, stride=1, padding=dilate_px)[0, 0] > 0).to(drr.dtype)
+
+
+def _outline_weight(drr: torch.Tensor, band_px: int) -> torch.Tensor:
+    """1 within ``band_px`` pixels of the outline of the DRR's footprint, else 0."""
+    mask = (drr > 0.02 * drr.max()).to(drr.dtype)[None, None]
+    k = 2 * band_px + 1
+    grown = torch.nn.functional.max_pool2d(mask, k, stride=1, padding=band_px)
+    shrunk = -torch.nn.functional.max_pool2d(-mask, k, stride=1, padding=band_px)
+    return (grown - shrunk)[0, 0].clamp(0, 1)
 
 
 def _start_offsets(n: int, spread_deg: float, seed: int) -> list[np.ndarray]:
@@ -130,8 +160,10 @@ def register_views(
     if len(views) != len(images) or not views:
         raise InputError(f"expected one image per view and at least one view, got {len(views)} views and "
                          f"{len(images)} images")
-    if len(options.strides) != len(options.iterations):
-        raise InputError("expected as many iteration counts as strides")
+    n_levels = len(options.strides)
+    if not n_levels or {len(options.iterations), len(options.smooth_px), len(options.outline_band_px)} != {n_levels}:
+        raise InputError(f"expected one iteration count, blur and band per level ({n_levels} strides), got "
+                         f"{len(options.iterations)}, {len(options.smooth_px)} and {len(options.outline_band_px)}")
     for view, img in zip(views, images, strict=True):
         if img.shape != (view.size_px[1], view.size_px[0]):
             raise InputError(f"view {view.name!r}: image is {img.shape[1]}x{img.shape[0]} px, geometry says "
@@ -143,15 +175,16 @@ def register_views(
     dtype = torch.float32
     volume = AttenuationVolume.from_image(mu, device=device, dtype=dtype)
     centre_mri, _ = volume.bounding_sphere()
-    T_init = torch.as_tensor(T_world_from_mri_init.matrix, dtype=dtype, device=device)
+    T_init = torch.as_tensor(np.array(T_world_from_mri_init.matrix), dtype=dtype, device=device)
     centre_world = torch.as_tensor(T_world_from_mri_init.apply(centre_mri), dtype=dtype, device=device)
     image_t = [torch.as_tensor(np.asarray(img, dtype=np.float32), device=device) for img in images]
     # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
     valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1, padding=2)[0, 0]
                for im in image_t]
 
-    def similarity(params: torch.Tensor, stride: int, weights: list[torch.Tensor] | None
+    def similarity(params: torch.Tensor, level: int, weights: list[torch.Tensor] | None
                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        stride = options.strides[level]
         drrs = render(volume, views, pose_from_params(params, T_init, centre_world),
                       n_samples=options.n_samples, stride=stride)
         sims = []
@@ -162,9 +195,14 @@ def register_views(
                 w = weights[i]
             else:
                 valid = (_block_mean(valid_t[i], stride, tuple(drr.shape)) > 0.999).to(dtype)
-                w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
+                band = options.outline_band_px[level]
+                if band > 0:
+                    w = _outline_weight(drr.detach(), max(1, round(band / stride))) * valid
+                else:
+                    w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
             used.append(w)
-            sims.append(gradient_correlation(drr, target, w))
+            sigma = options.smooth_px[level] / stride
+            sims.append(gradient_correlation(gaussian_blur(drr, sigma), gaussian_blur(target, sigma), w))
         return torch.stack(sims).mean(), [s.detach() for s in sims], used
 
     # Adam moves each parameter by about its learning rate per step whatever the gradient's scale,
@@ -172,12 +210,12 @@ def register_views(
     unit = torch.tensor([options.lr_rotation_rad] * 3 + [options.lr_translation_mm] * 3, dtype=dtype,
                         device=device)
 
-    def optimise(params0: np.ndarray, stride: int, iters: int, report: tuple[float, float] | None
+    def optimise(params0: np.ndarray, level: int, iters: int, report: tuple[float, float] | None
                  ) -> tuple[np.ndarray, float, list[float]]:
         scaled = (torch.as_tensor(params0, dtype=dtype, device=device) / unit).requires_grad_(True)
         # the mask is fixed per level (from the level's starting pose) so the objective is smooth
         with torch.no_grad():
-            _, _, weights = similarity(scaled * unit, stride, None)
+            _, _, weights = similarity(scaled * unit, level, None)
         opt = torch.optim.Adam([scaled], lr=1.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=0.05)
         hist: list[float] = []
@@ -186,7 +224,7 @@ def register_views(
             if cancel is not None:
                 cancel.check()
             opt.zero_grad()
-            sim, _, _ = similarity(scaled * unit, stride, weights)
+            sim, _, _ = similarity(scaled * unit, level, weights)
             (-sim).backward()
             value = float(sim.detach())
             hist.append(value)
@@ -196,21 +234,19 @@ def register_views(
             sched.step()
             if report is not None:
                 a, b = report
-                progress("fluoro", a + (b - a) * (it + 1) / iters, f"stride {stride}: similarity {value:.4f}")
+                progress("fluoro", a + (b - a) * (it + 1) / iters, f"level {level + 1}/{n_levels}: similarity {value:.4f}")
         return best[1], best[0], hist
 
     with torch.no_grad():
-        _, sims0, _ = similarity(torch.zeros(6, dtype=dtype, device=device), options.strides[-1], None)
+        _, sims0, _ = similarity(torch.zeros(6, dtype=dtype, device=device), n_levels - 1, None)
     # multi-start at the coarsest scale
-    coarse = options.strides[0]
     starts = _start_offsets(max(1, options.n_starts), options.start_spread_deg, options.seed)
     candidates = []
-    n_levels = len(options.strides)
     start_share = 0.4 if len(starts) > 1 else 0.0
     for k, rot in enumerate(starts):
         p0 = np.concatenate([rot, np.zeros(3)])
         span = (start_share * k / len(starts), start_share * (k + 1) / len(starts))
-        params, value, _ = optimise(p0, coarse, options.start_iterations, span if len(starts) > 1 else None)
+        params, value, _ = optimise(p0, 0, options.start_iterations, span if len(starts) > 1 else None)
         candidates.append((value, params))
     candidates.sort(key=lambda c: -c[0])
     # refine the best few starts through every scale; keep the one that ends most similar
@@ -219,10 +255,10 @@ def register_views(
     for r, (_, start_params) in enumerate(candidates[:n_refine]):
         params = start_params
         history: list[float] = []
-        for level, (stride, iters) in enumerate(zip(options.strides, options.iterations, strict=True)):
+        for level, (_stride, iters) in enumerate(zip(options.strides, options.iterations, strict=True)):
             step = (r * n_levels + level) / (n_refine * n_levels)
             nxt = (r * n_levels + level + 1) / (n_refine * n_levels)
-            params, value, hist = optimise(params, stride, iters,
+            params, value, hist = optimise(params, level, iters,
                                            (start_share + (1 - start_share) * step,
                                             start_share + (1 - start_share) * nxt))
             history.extend(hist)
@@ -231,7 +267,7 @@ def register_views(
     _, params, history = finals[0]
     with torch.no_grad():
         final_t = pose_from_params(torch.as_tensor(params, dtype=dtype, device=device), T_init, centre_world)
-        _, sims, _ = similarity(torch.as_tensor(params, dtype=dtype, device=device), options.strides[-1], None)
+        _, sims, _ = similarity(torch.as_tensor(params, dtype=dtype, device=device), n_levels - 1, None)
     m = final_t.detach().cpu().double().numpy()
     # re-orthonormalise the float32 rotation
     u, _, vt = np.linalg.svd(m[:3, :3])

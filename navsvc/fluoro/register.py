@@ -153,6 +153,7 @@ def view_disagreement_mm(mu: sitk.Image, views: list[FluoroView], T_world_from_m
     far ``point_mri`` moves across that view's beam (mm). Agreeing views give ~0."""
     moves = []
     single = PoseOptions(strides=pose_options.strides[-1:], iterations=(max(20, pose_options.iterations[-1] // 2),),
+                         smooth_px=pose_options.smooth_px[-1:], outline_band_px=pose_options.outline_band_px[-1:],
                          start_iterations=0, n_samples=pose_options.n_samples, n_starts=1, n_refine=1,
                          lr_rotation_rad=pose_options.lr_rotation_rad / 2,
                          lr_translation_mm=pose_options.lr_translation_mm / 2, device=pose_options.device)
@@ -171,7 +172,7 @@ def similarity_at(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: Rig
     """Gradient correlation of each view with the DRR at a given pose (full resolution)."""
     dev = choose_device(device)
     vol = AttenuationVolume.from_image(mu, device=dev)
-    T = torch.as_tensor(T_world_from_mri.matrix, dtype=torch.float32, device=dev)
+    T = torch.as_tensor(np.array(T_world_from_mri.matrix), dtype=torch.float32, device=dev)
     with torch.no_grad():
         drrs = render(vol, [v.geometry for v in views], pose_from_params(torch.zeros(6, device=dev), T,
                       torch.zeros(3, device=dev)), n_samples=n_samples)

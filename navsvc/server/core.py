@@ -213,17 +213,33 @@ class NavService:
 
     # -- registrations ----------------------------------------------------------------------
     def start_registration(self, who: Identity, case_id: str, ct: FileRef | None,
-                           options: dict[str, str]) -> dict[str, Any]:
+                           options: dict[str, str],
+                           fluoro: list[tuple[FileRef | None, FileRef | None]] | None = None) -> dict[str, Any]:
+        """Queue a registration of the case's plan to a CT (``ct``) or to fluoroscopy views (``fluoro``:
+        (image, geometry or None) per view; the result's intraoperative frame is then the C-arm world)."""
         if self._stopping.is_set():
             raise PreconditionFailed("the service is shutting down; start the registration after restart")
         self.store.get_case(case_id)
         plan = self.store.latest_plan(case_id)
         if plan is None:
             raise PreconditionFailed(f"case {case_id} has no plan: load one first (navsvc case load-plan)")
-        opts = {**self.config.registration.options, **parts.parse_options(options)}
-        self.options_checker(opts)
-        ct_f = self.resolve_file(case_id, ct, "CT", "ct")
-        parts.check_ct(ct_f.path)
+        if fluoro:
+            if ct is not None and ct[1]:
+                raise InputError("expected either a CT or fluoroscopy views, got both")
+            opts = parts.parse_options(options)
+            parts.check_fluoro_options(opts)
+            views = [(self.resolve_file(case_id, img, f"fluoroscopy view {k + 1} image", "fluoro"),
+                      self.resolve_file(case_id, geo, f"fluoroscopy view {k + 1} geometry", "fluoro")
+                      if geo is not None else None) for k, (img, geo) in enumerate(fluoro)]
+            view_paths = tuple((i.path, g.path if g is not None else None) for i, g in views)
+            parts.check_fluoro(view_paths)
+            ct_f = views[0][0]
+        else:
+            opts = {**self.config.registration.options, **parts.parse_options(options)}
+            self.options_checker(opts)
+            ct_f = self.resolve_file(case_id, ct, "CT", "ct")
+            parts.check_ct(ct_f.path)
+            view_paths = ()
         with self._lock:
             reg = self.store.add_registration(case_id, plan["plan_id"], ct_f.file_id, opts)
             reg_id = reg["registration_id"]
@@ -235,12 +251,13 @@ class NavService:
                 self._runs[reg_id] = run
             run.emit(_event(reg, "queued", 0.0, "waiting for a worker"))
         self.store.audit(who.name, who.role, "registration.start", case_id, reg_id,
-                         ct_sha256=ct_f.sha256, options=opts, withdrew_targets=withdrawn)
+                         ct_sha256=ct_f.sha256, options=opts, withdrew_targets=withdrawn,
+                         **({"fluoro_views": len(view_paths)} if view_paths else {}))
         inp = parts.RegistrationInput(
             mri_path=self.store.get_file(plan["mri_file"]).path,
             labels_path=self.store.get_file(plan["labels_file"]).path,
             ct_path=ct_f.path, options=opts, trajectories=plan["trajectories"],
-            plan_path=self.store.get_file(plan["plan_file"]).path,
+            plan_path=self.store.get_file(plan["plan_file"]).path, fluoro=view_paths,
         )
         self._pool.submit(self._work, reg_id, case_id, inp, run)
         return reg

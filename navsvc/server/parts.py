@@ -21,7 +21,7 @@ from navsvc.imaging import LabelSpec, read_image, read_label_map
 from navsvc.progress import CancelToken, ProgressFn
 from navsvc.server.targets import targets_ct_from_trajectories
 from navsvc.store import sha256_file
-from navsvc.transforms import RigidTransform
+from navsvc.transforms import RigidTransform, write_transform
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class RegistrationInput:
     options: dict[str, Any]
     trajectories: list[dict[str, Any]]
     plan_path: Path | None = None  # its label values (femur, necrosis, pelvis) go to the registration
+    #: fluoroscopy instead of the CT: (image, JSON geometry or None for DICOM) per view; ``ct_path`` is
+    #: then the first view's image
+    fluoro: tuple[tuple[Path, Path | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,105 @@ def _registration_options(options: dict[str, Any]) -> Any:
         raise InputError(f"registration options {sorted(options)}: {exc}") from exc
 
 
+FLUORO_OPTIONS = {"starts": int, "device": str, "seed": int, "T_world_from_mri_init": list}
+
+
+def check_fluoro_options(options: dict[str, Any]) -> None:
+    """Refuse unknown or mistyped fluoroscopy options before a registration is queued."""
+    for key, value in options.items():
+        kind = FLUORO_OPTIONS.get(key)
+        if kind is None:
+            raise InputError(f"fluoroscopy option {key!r} unknown; expected some of {sorted(FLUORO_OPTIONS)}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"fluoroscopy option {key!r}: expected {kind.__name__}, got {value!r}")
+    if options.get("starts", 1) < 1:
+        raise InputError(f"fluoroscopy option 'starts': expected at least 1, got {options['starts']}")
+    if options.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise InputError(f"fluoroscopy option 'device': expected auto, cpu or cuda, got {options['device']!r}")
+    if "T_world_from_mri_init" in options:
+        _fluoro_init(options["T_world_from_mri_init"])
+
+
+def _fluoro_init(values: Any) -> RigidTransform:
+    """The rough initial pose option: 16 numbers, row-major, a rigid 4x4 (T_world_from_mri)."""
+    from navsvc.frames import MRI, WORLD
+
+    try:
+        m = np.asarray(values, dtype=float).reshape(4, 4)
+        return RigidTransform(m, WORLD, MRI)
+    except (TypeError, ValueError, TransformError) as exc:
+        raise InputError(f"fluoroscopy option 'T_world_from_mri_init': expected 16 numbers (row-major rigid 4x4), "
+                         f"got {values!r}: {exc}") from exc
+
+
+def _read_fluoro(views: tuple[tuple[Path, Path | None], ...]) -> list[Any]:
+    from navsvc.fluoro.views import check_views_consistent, read_view
+
+    out = [read_view(img, geo, name=f"view{k + 1}") for k, (img, geo) in enumerate(views)]
+    check_views_consistent(out)
+    return out
+
+
+def check_fluoro(views: tuple[tuple[Path, Path | None], ...]) -> None:
+    """Refuse unreadable views, missing or inconsistent geometry before queueing a registration."""
+    if len(views) < 2:
+        raise InputError(f"expected at least two fluoroscopy views, got {len(views)}")
+    _read_fluoro(views)
+
+
+def run_fluoro_registration(inp: RegistrationInput, out_dir: Path, progress: ProgressFn,
+                            cancel: CancelToken) -> RegistrationOutput:
+    """Register the plan's MRI femur to the fluoroscopy views; the intraoperative frame of the stored
+    result (``T_ct_from_mri``, targets) is the views' world frame."""
+    from navsvc.fluoro.output import write_fluoro_result
+    from navsvc.fluoro.pose import PoseOptions
+    from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
+    from navsvc.frames import CT, WORLD
+
+    spec = LabelSpec()
+    if inp.plan_path is not None:
+        from planning import load_plan
+
+        spec = LabelSpec(**load_plan(inp.plan_path, verify_hashes=False).labels)
+    starts = int(inp.options.get("starts", 7))
+    options = FluoroOptions(pose=PoseOptions(n_starts=starts, n_refine=min(2, starts),
+                                             device=str(inp.options.get("device", "auto")),
+                                             seed=int(inp.options.get("seed", 0))), labels=spec)
+    read_image(inp.mri_path, "MRI")
+    labels = read_label_map(inp.labels_path, spec, name="segmentation")
+    views = _read_fluoro(inp.fluoro)
+    points_mri = _trajectory_points(inp.trajectories)
+    # the gate wants every drill target on every view; entry points may lie beyond a small detector
+    targets_mri = np.array([np.asarray(t["target_lps"], dtype=float) for t in inp.trajectories]) \
+        if inp.trajectories else None
+    init = inp.options.get("T_world_from_mri_init")
+    result = register_mri_to_fluoro(labels, views, options, targets_mri=targets_mri, progress=progress,
+                                    cancel=cancel, T_world_from_mri_init=_fluoro_init(init) if init else None)
+    write_fluoro_result(result, out_dir, views, labels, points_mri=points_mri, spec=spec)
+    T = result.T_world_from_mri
+    if T.to_frame != WORLD:
+        raise TransformError(f"expected T_world_from_mri, got {T.name}")
+    # the service's intraoperative frame is named ct whatever the modality: here it is the C-arm world
+    T_intraop_from_mri = RigidTransform(T.matrix, CT, T.from_frame)
+    write_transform(out_dir / "T_ct_from_mri.h5", T_intraop_from_mri, {"method": "fluoro-2d3d",
+                                                                      "intraop_frame": WORLD})
+    overlays = sorted(p.name for p in out_dir.glob("overlay_*.png"))
+    qa = {
+        "verdict": str(result.qa.verdict),
+        "reasons": [str(r) for r in result.qa.reasons],
+        "figures": {k: float(v) for k, v in dict(result.qa.figures).items() if _is_number(v)},
+        "picture": overlays[0] if overlays else "",
+    }
+    return RegistrationOutput(qa=qa, T_ct_from_mri=T_intraop_from_mri.matrix.tolist(),
+                              targets_ct=targets_ct_from_trajectories(inp.trajectories, T_intraop_from_mri),
+                              timings_s={k: float(v) for k, v in dict(result.timings_s).items()})
+
+
 def run_registration(inp: RegistrationInput, out_dir: Path, progress: ProgressFn,
                      cancel: CancelToken) -> RegistrationOutput:
-    """Register the plan's MRI to the CT and write the result files into ``out_dir``."""
+    """Register the plan's MRI to the CT (or to fluoroscopy views) and write the result files into ``out_dir``."""
+    if inp.fluoro:
+        return run_fluoro_registration(inp, out_dir, progress, cancel)
     try:
         from navsvc.registration import register_mri_to_ct, write_result
     except ImportError as exc:

@@ -160,8 +160,9 @@ class NavigationServicer(pb_grpc.NavigationServicer):
 
     def StartRegistration(self, request: pb.StartRegistrationRequest,
                           context: grpc.ServicerContext) -> pb.Registration:
+        fluoro = [(_ref(v.image), _ref(v.geometry) if v.HasField("geometry") else None) for v in request.fluoro]
         r = self.svc.start_registration(self._who(context), request.case_id, _ref(request.ct),
-                                        dict(request.options))
+                                        dict(request.options), fluoro=fluoro)
         return registration_pb(r, self.svc.store.data_dir)
 
     def WatchRegistration(self, request: pb.WatchRegistrationRequest,

@@ -196,8 +196,16 @@ class QA(_message.Message):
     picture_path: str
     def __init__(self, verdict: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., figures: _Optional[_Mapping[str, float]] = ..., picture_path: _Optional[str] = ...) -> None: ...
 
+class FluoroViewRef(_message.Message):
+    __slots__ = ("image", "geometry")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    image: FileRef
+    geometry: FileRef
+    def __init__(self, image: _Optional[_Union[FileRef, _Mapping]] = ..., geometry: _Optional[_Union[FileRef, _Mapping]] = ...) -> None: ...
+
 class StartRegistrationRequest(_message.Message):
-    __slots__ = ("case_id", "ct", "options")
+    __slots__ = ("case_id", "ct", "options", "fluoro")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,10 +216,12 @@ class StartRegistrationRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     CT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FLUORO_FIELD_NUMBER: _ClassVar[int]
     case_id: str
     ct: FileRef
     options: _containers.ScalarMap[str, str]
-    def __init__(self, case_id: _Optional[str] = ..., ct: _Optional[_Union[FileRef, _Mapping]] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    fluoro: _containers.RepeatedCompositeFieldContainer[FluoroViewRef]
+    def __init__(self, case_id: _Optional[str] = ..., ct: _Optional[_Union[FileRef, _Mapping]] = ..., options: _Optional[_Mapping[str, str]] = ..., fluoro: _Optional[_Iterable[_Union[FluoroViewRef, _Mapping]]] = ...) -> None: ...
 
 class Registration(_message.Message):
     __slots__ = ("registration_id", "case_id", "plan_id", "state", "decision", "qa", "T_ct_from_mri", "error", "timings_s", "created_s", "finished_s", "decided_by", "decision_reason")
