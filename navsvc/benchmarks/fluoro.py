@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the screws (left) when ../shared/data/real-ct-pelvis is present, none = skip (default auto)")
     p.add_argument("--real-ct-dir", type=Path, default=None, help="real-CT data folder (default: found next to the "
                                                                   "checkout or /work/shared/data/real-ct-pelvis)")
+    p.add_argument("--real-ct-content", default="full", choices=("full", "no-metal", "femur-only"),
+                   help="what the real-CT views show (diagnosis): the whole CT, metal capped at 1500 HU, or the femur's "
+                        "bone alone (default full)")
+    p.add_argument("--real-ct-pelvis", action="store_true",
+                   help="render the hip bone label too in the model (it moves with the femur in this case)")
 
 
 def _configs() -> dict[str, Any]:
@@ -128,7 +133,8 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
     """The real-CT case(s) with the two-view configuration; [] with a printed message when absent."""
     from rich.table import Table
 
-    from navsvc.fluoro.realct import make_real_ct_fluoro_case, recover
+    from navsvc.fluoro.attenuation import AttenuationOptions
+    from navsvc.fluoro.realct import RealCtViewOptions, make_real_ct_fluoro_case, recover
     from navsvc.fluoro.register import FluoroOptions
     from navsvc.registration.realct import find_data_dir
 
@@ -141,15 +147,18 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
         return []
     real_rows: list[dict[str, Any]] = []
     for k, side in enumerate(sides):
-        fc = make_real_ct_fluoro_case(data_dir, side=side)
-        row = recover(fc, FluoroOptions(pose=_configs()["two-view"][1], check_view_agreement=False),
-                      start_deg=args.start_deg, start_mm=args.start_mm, seed=args.first_seed + k)
+        fc = make_real_ct_fluoro_case(data_dir, side=side, options=RealCtViewOptions(content=args.real_ct_content))
+        options = FluoroOptions(pose=_configs()["two-view"][1], check_view_agreement=False,
+                                attenuation=AttenuationOptions(include_pelvis=args.real_ct_pelvis))
+        row = recover(fc, options, start_deg=args.start_deg, start_mm=args.start_mm, seed=args.first_seed + k)
+        row.update(content=args.real_ct_content, model_pelvis=args.real_ct_pelvis)
         real_rows.append(row)
         console.log(f"{row['case']} two-view: head TRE {row['head_tre_mm']:.2f} mm (start {row['start_tre_mm']:.1f}), "
                     f"landmarks mean {row['landmark_tre_mean_mm']:.2f} / max {row['landmark_tre_max_mm']:.2f} mm, "
                     f"{row['verdict']}, {row['seconds']:.1f} s")
         _write(args, rows, summary, real_rows)
-    table = Table(title=f"real pelvic CT, AP + lateral DRRs, start {args.start_deg} deg / {args.start_mm} mm off")
+    table = Table(title=f"real pelvic CT ({args.real_ct_content} views, model pelvis {args.real_ct_pelvis}), AP + lateral, "
+                        f"start {args.start_deg} deg / {args.start_mm} mm off")
     for col in ("case", "head TRE", "landmark TRE mean", "max", "start", "verdict", "s"):
         table.add_column(col)
     for r in real_rows:

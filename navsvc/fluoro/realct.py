@@ -131,7 +131,7 @@ def make_real_ct_fluoro_case(data_dir: Path, *, side: str | None = None,
     return RealCtFluoroCase(case, views, truth, str(case.extra["side"]), iso)
 
 
-def recover(fc: RealCtFluoroCase, options: FluoroOptions = FluoroOptions(), *, start_deg: float = 10.0,
+def recover(fc: RealCtFluoroCase, options: FluoroOptions | None = None, *, start_deg: float = 10.0,
             start_mm: float = 10.0, seed: int = 0) -> dict[str, Any]:
     """Register the case's labels to its views from the truth perturbed by ``start_deg`` / ``start_mm``
     (about the femoral head); TRE (mm) at the case's landmarks (femur points and the head centre)."""
@@ -141,7 +141,8 @@ def recover(fc: RealCtFluoroCase, options: FluoroOptions = FluoroOptions(), *, s
     lm_mri = np.array([fc.case.landmarks_mri[n] for n in names])
     lm_world = np.array([fc.case.landmarks_ct[n] for n in names])
     t0 = time.perf_counter()
-    result = register_mri_to_fluoro(fc.case.labels, fc.views, options, T_world_from_mri_init=T_start)
+    result = register_mri_to_fluoro(fc.case.labels, fc.views, options or FluoroOptions(),
+                                    T_world_from_mri_init=T_start)
     seconds = time.perf_counter() - t0
     tre = np.linalg.norm(result.T_world_from_mri.apply(lm_mri) - lm_world, axis=1)
     start_tre = np.linalg.norm(T_start.apply(lm_mri) - lm_world, axis=1)
