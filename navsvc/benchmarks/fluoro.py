@@ -14,7 +14,7 @@ the QA verdict, and wall time. Goal (issue #8): mean lesion TRE <= 1.0 mm with t
 success on >= 95 % of cases. The pose itself is found from the perturbed truth; the
 QA view-agreement check is skipped to keep the run short.
 
-Real anatomy (``--real-ct``, on by default when the data is present): the real pelvic CT of
+Real anatomy (``--real-ct auto|left|right|both``; skipped with a message when the data is absent): the real pelvic CT of
 ``shared/data/real-ct-pelvis`` projected AP + lateral at known C-arm poses
 (:mod:`navsvc.fluoro.realct`), the femur recovered with the ``two-view`` configuration from the
 same kind of perturbed start; TRE at the femoral head centre and at the femur landmarks of the
@@ -42,14 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON result path (rewritten after every case, so a cut run keeps what it measured)")
     p.add_argument("--configs", default="two-view,single-view,one-start",
                    help="comma-separated configurations to run (default all three)")
-    p.add_argument("--real-ct", default="auto", choices=("auto", "left", "right", "both", "none"),
-                   help="real-CT case(s): femur side(s) to recover from the real CT's views; auto = the femur with "
-                        "the screws (left) when ../shared/data/real-ct-pelvis is present, none = skip (default auto)")
+    p.add_argument("--real-ct", default="none", choices=("auto", "left", "right", "both", "none"),
+                   help="also the real-CT case(s): femur side(s) to recover from the real CT's views; auto = the femur "
+                        "with the screws (left); skipped with a message when ../shared/data/real-ct-pelvis is absent "
+                        "(default none: phantoms only)")
     p.add_argument("--real-ct-dir", type=Path, default=None, help="real-CT data folder (default: found next to the "
                                                                   "checkout or /work/shared/data/real-ct-pelvis)")
     p.add_argument("--real-ct-content", default="full", choices=("full", "no-metal", "femur-only"),
                    help="what the real-CT views show (diagnosis): the whole CT, metal capped at 1500 HU, or the femur's "
                         "bone alone (default full)")
+    p.add_argument("--real-ct-photons", type=float, default=2.0e4,
+                   help="unattenuated photons per pixel of the real-CT views (default 2e4, as the phantoms)")
     p.add_argument("--real-ct-pelvis", action="store_true",
                    help="render the hip bone label too in the model (it moves with the femur in this case)")
 
@@ -147,11 +150,12 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
         return []
     real_rows: list[dict[str, Any]] = []
     for k, side in enumerate(sides):
-        fc = make_real_ct_fluoro_case(data_dir, side=side, options=RealCtViewOptions(content=args.real_ct_content))
+        fc = make_real_ct_fluoro_case(data_dir, side=side, options=RealCtViewOptions(
+            content=args.real_ct_content, photons_per_pixel=args.real_ct_photons))
         options = FluoroOptions(pose=_configs()["two-view"][1], check_view_agreement=False,
                                 attenuation=AttenuationOptions(include_pelvis=args.real_ct_pelvis))
         row = recover(fc, options, start_deg=args.start_deg, start_mm=args.start_mm, seed=args.first_seed + k)
-        row.update(content=args.real_ct_content, model_pelvis=args.real_ct_pelvis)
+        row.update(content=args.real_ct_content, model_pelvis=args.real_ct_pelvis, photons=args.real_ct_photons)
         real_rows.append(row)
         console.log(f"{row['case']} two-view: head TRE {row['head_tre_mm']:.2f} mm (start {row['start_tre_mm']:.1f}), "
                     f"landmarks mean {row['landmark_tre_mean_mm']:.2f} / max {row['landmark_tre_max_mm']:.2f} mm, "
