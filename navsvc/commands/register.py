@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,28 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _with_progress(quiet: bool, job: Callable[[Any], Any]) -> Any:
+    """Run ``job(progress)`` with a transient progress bar on stderr (or none when ``quiet``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from navsvc.progress import no_progress
+
+    if quiet:
+        return job(no_progress)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("registration", total=1.0)
+
+        def report(stage: str, fraction: float, message: str) -> None:
+            bar.update(task, completed=fraction, description=f"{stage}: {message}"[:70])
+
+        return job(report)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.fluoro:
         return run_fluoro(args)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from navsvc.errors import RegistrationFailed, exit_code_for
     from navsvc.imaging import LabelSpec, read_image, read_label_map
@@ -77,18 +95,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     targets = np.array(list(points.values())) if points else None
-    console = Console(stderr=True)
-    if args.no_progress:
-        result = register_mri_to_ct(mri, labels, ct, options, targets_mri=targets)
-    else:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
-            task = bar.add_task("registration", total=1.0)
-
-            def report(stage: str, fraction: float, message: str) -> None:
-                bar.update(task, completed=fraction, description=f"{stage}: {message}"[:70])
-
-            result = register_mri_to_ct(mri, labels, ct, options, targets_mri=targets, progress=report)
+    result = _with_progress(args.no_progress, lambda progress: register_mri_to_ct(
+        mri, labels, ct, options, targets_mri=targets, progress=progress))
     files = write_result(result, args.out, mri=mri, labels=labels, ct=ct, points_mri=points, spec=spec)
     qa = result.qa
     out = sys.stdout
@@ -140,8 +148,6 @@ def _fat_shift(args: argparse.Namespace, mri: Any) -> tuple[float, float, float]
 def run_fluoro(args: argparse.Namespace) -> int:
     """`navsvc register --fluoro`: MRI femur -> C-arm world frame from two or more X-ray views."""
     import numpy as np
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from navsvc.errors import InputError, RegistrationFailed, exit_code_for
     from navsvc.fluoro.output import write_fluoro_result
@@ -166,19 +172,8 @@ def run_fluoro(args: argparse.Namespace) -> int:
     options = FluoroOptions(pose=PoseOptions(device=args.device, seed=args.seed, n_starts=args.starts,
                                              n_refine=min(2, args.starts)), labels=spec)
     targets = np.array(list(points.values())) if points else None
-    console = Console(stderr=True)
-    if args.no_progress:
-        result = register_mri_to_fluoro(labels, views, options, T_world_from_mri_init=init, targets_mri=targets)
-    else:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
-            task = bar.add_task("registration", total=1.0)
-
-            def report(stage: str, fraction: float, message: str) -> None:
-                bar.update(task, completed=fraction, description=f"{stage}: {message}"[:70])
-
-            result = register_mri_to_fluoro(labels, views, options, T_world_from_mri_init=init,
-                                            targets_mri=targets, progress=report)
+    result = _with_progress(args.no_progress, lambda progress: register_mri_to_fluoro(
+        labels, views, options, T_world_from_mri_init=init, targets_mri=targets, progress=progress))
     files = write_fluoro_result(result, args.out, views, labels, points_mri=points, spec=spec)
     qa = result.qa
     out = sys.stdout
