@@ -110,21 +110,13 @@ def _run(case: Any, config: str, weights: str, rigid_result: dict[str, Any]) -> 
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    import numpy as np
+    from navsvc.benchmarks.registration import accuracy_summary
 
-    tre = np.array([v for r in results for v in r.get("tre_mm", {}).values()])
-    dice = [r["dice_lesion"] for r in results if r.get("dice_lesion") is not None]
     jac = [r["jacobian_min"] for r in results if r.get("jacobian_min") is not None]
     return {
-        "n_cases": len(results),
-        "tre_mean_mm": float(tre.mean()) if tre.size else None,
-        "tre_p95_mm": float(np.percentile(tre, 95)) if tre.size else None,
-        "tre_max_mm": float(tre.max()) if tre.size else None,
-        "success_rate": float(np.mean([bool(r.get("success")) for r in results])) if results else 0.0,
-        "lesion_dice_mean": float(np.mean(dice)) if dice else None,
+        **accuracy_summary(results),
         "jacobian_min": float(min(jac)) if jac else None,
         "field_kept": int(sum(bool(r.get("field_kept")) for r in results)),
-        "wall_s_mean": float(np.mean([r.get("wall_seconds", np.nan) for r in results])),
     }
 
 

@@ -111,15 +111,12 @@ def _real_ct_case(path: str) -> Any:
     return case, seg
 
 
-def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+def accuracy_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cases, TRE mean / p95 / max over every landmark of every case, success rate, mean lesion
+    Dice and mean wall time of one method's per-case results."""
     import numpy as np
 
     tre = np.array([v for r in results for v in r.get("tre_mm", {}).values()])
-    worse = []
-    for r in results:
-        if "tre_rigid_stage_mm" in r and "tre_mm" in r:
-            d = np.array(list(r["tre_mm"].values())) - np.array(list(r["tre_rigid_stage_mm"].values()))
-            worse.append(float(d.max()))
     dice = [r["dice_lesion"] for r in results if r.get("dice_lesion") is not None]
     return {
         "n_cases": len(results),
@@ -129,6 +126,19 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": float(np.mean([bool(r.get("success")) for r in results])) if results else 0.0,
         "lesion_dice_mean": float(np.mean(dice)) if dice else None,
         "wall_s_mean": float(np.mean([r.get("wall_seconds", np.nan) for r in results])),
+    }
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    worse = []
+    for r in results:
+        if "tre_rigid_stage_mm" in r and "tre_mm" in r:
+            d = np.array(list(r["tre_mm"].values())) - np.array(list(r["tre_rigid_stage_mm"].values()))
+            worse.append(float(d.max()))
+    return {
+        **accuracy_summary(results),
         "wall_s_max": float(np.max([r.get("wall_seconds", np.nan) for r in results])),
         "peak_memory_mb_max": float(np.max([r.get("peak_memory_mb", 0.0) for r in results])),
         "verdicts": {v: sum(1 for r in results if r.get("verdict") == v) for v in ("PASS", "WARN", "FAIL")},

@@ -70,11 +70,24 @@ def _with_progress(quiet: bool, job: Callable[[Any], Any]) -> Any:
         return job(report)
 
 
+def _finish(timings_s: dict[str, float], files: dict[str, Path], out_dir: Path, verdict: str,
+            reasons: list[str]) -> int:
+    """Print the time and the files written; the exit code (non-zero when the gate says FAIL)."""
+    from navsvc.errors import RegistrationFailed, exit_code_for
+
+    print(f"  time {timings_s.get('total', 0.0):.1f} s; files in {out_dir}:")
+    for path in files.values():
+        print(f"    {path.name}")
+    if verdict == "FAIL":
+        print("navsvc: registration FAILED the QA gate: " + "; ".join(reasons), file=sys.stderr)
+        return exit_code_for(RegistrationFailed("QA gate FAIL"))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.fluoro:
         return run_fluoro(args)
 
-    from navsvc.errors import RegistrationFailed, exit_code_for
     from navsvc.imaging import LabelSpec, read_image, read_label_map
     from navsvc.markups import read_points
     from navsvc.registration import RegistrationOptions, register_mri_to_ct, write_result
@@ -107,13 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {note}", file=out)
     keys = ("surface_distance_mean_mm", "femur_dice", "inverse_consistency_mm", "jacobian_min", "rotation_deg")
     print("  " + ", ".join(f"{k}={qa.figures[k]:.3f}" for k in keys if k in qa.figures), file=out)
-    print(f"  time {result.timings_s.get('total', 0.0):.1f} s; files in {args.out}:", file=out)
-    for path in files.values():
-        print(f"    {path.name}", file=out)
-    if qa.verdict == "FAIL":
-        print("navsvc: registration FAILED the QA gate: " + "; ".join(qa.reasons), file=sys.stderr)
-        return exit_code_for(RegistrationFailed("QA gate FAIL"))
-    return 0
+    return _finish(result.timings_s, files, args.out, qa.verdict, qa.reasons)
 
 
 def _fat_shift(args: argparse.Namespace, mri: Any) -> tuple[float, float, float] | None:
@@ -149,7 +156,7 @@ def run_fluoro(args: argparse.Namespace) -> int:
     """`navsvc register --fluoro`: MRI femur -> C-arm world frame from two or more X-ray views."""
     import numpy as np
 
-    from navsvc.errors import InputError, RegistrationFailed, exit_code_for
+    from navsvc.errors import InputError
     from navsvc.fluoro.output import write_fluoro_result
     from navsvc.fluoro.pose import PoseOptions
     from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
@@ -181,10 +188,4 @@ def run_fluoro(args: argparse.Namespace) -> int:
     for reason in qa.reasons:
         print(f"  - {reason}", file=out)
     print("  " + ", ".join(f"similarity {k}={v:.3f}" for k, v in result.similarity_per_view.items()), file=out)
-    print(f"  time {result.timings_s.get('total', 0.0):.1f} s; files in {args.out}:", file=out)
-    for path in files.values():
-        print(f"    {path.name}", file=out)
-    if qa.verdict == "FAIL":
-        print("navsvc: registration FAILED the QA gate: " + "; ".join(qa.reasons), file=sys.stderr)
-        return exit_code_for(RegistrationFailed("QA gate FAIL"))
-    return 0
+    return _finish(result.timings_s, files, args.out, qa.verdict, qa.reasons)

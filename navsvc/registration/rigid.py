@@ -207,6 +207,18 @@ def ct_for_mi(ct: sitk.Image, hu_range: tuple[float, float] = (-300.0, 1500.0)) 
     return sitk.Clamp(sitk.Cast(ct, sitk.sitkFloat32), sitk.sitkFloat32, float(hu_range[0]), float(hu_range[1]))
 
 
+def _stop_on_cancel(method: sitk.ImageRegistrationMethod, cancel: CancelToken | None) -> None:
+    """Stop ``method`` at its next iteration once ``cancel`` is set (the caller's ``cancel.check()`` raises)."""
+    if cancel is None:
+        return
+
+    def _check() -> None:
+        if cancel.cancelled:
+            method.StopRegistration()
+
+    method.AddCommand(sitk.sitkIterationEvent, _check)
+
+
 def mi_region(femur_ct: sitk.Image, ct: sitk.Image, margin_mm: float = 6.0, *, min_voxels: int = 15000,
               max_margin_mm: float = 20.0, metal_hu: float = 2000.0, metal_margin_mm: float = 6.0) -> sitk.Image:
     """The CT region (UInt8 mask, CT grid) where the femur-masked mutual information is taken.
@@ -320,11 +332,7 @@ def image_rigid(
     method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(tx, inPlace=True)
-    if cancel is not None:
-        def _check() -> None:
-            if cancel.cancelled:
-                method.StopRegistration()
-        method.AddCommand(sitk.sitkIterationEvent, _check)
+    _stop_on_cancel(method, cancel)
     moving = ct_for_mi(ct)
     if min(ct.GetSpacing()) < coarse_mm:  # a fine CT: its detail is below the levels used here
         moving = resample_to_spacing(sitk.SmoothingRecursiveGaussian(moving, 0.5 * coarse_mm), coarse_mm,
@@ -409,11 +417,7 @@ def intensity_refine(
     method.SetSmoothingSigmasPerLevel([0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(tx, inPlace=True)
-    if cancel is not None:
-        def _check() -> None:
-            if cancel.cancelled:
-                method.StopRegistration()
-        method.AddCommand(sitk.sitkIterationEvent, _check)
+    _stop_on_cancel(method, cancel)
     from navsvc.registration.bone import crop_to_mask
 
     roi = sitk.GetArrayViewFromImage(fixed_mask) > 0
