@@ -73,3 +73,16 @@ def test_inverse_consistency_and_jacobian():
     img.SetSpacing((2.0, 2.0, 2.0))
     jmin, jmax = jacobian_determinant_range(img)
     assert abs(jmin - 1.05) < 1e-6 and abs(jmax - 1.1) < 1e-6
+
+
+def test_gate_never_passes_a_ct_too_coarse_to_verify():
+    """On a 3 mm CT the surface and Dice figures cannot tell a correct fit from one 5 mm off (measured
+    on the real CT): the gate says so instead of PASS, and a figure failure names the voxel size."""
+    limits = QAThresholds()
+    assert gate({**GOOD, "ct_voxel_max_mm": 2.0}, limits).verdict == "PASS"
+    coarse = gate({**GOOD, "ct_voxel_max_mm": 3.0}, limits)
+    assert coarse.verdict == "WARN" and "too coarse" in coarse.reasons[0]
+    failed = gate({**GOOD, "ct_voxel_max_mm": 3.0, "femur_dice": 0.5}, limits)
+    assert failed.verdict == "FAIL"
+    assert "limited by the voxel size" in failed.reasons[0]
+    assert "voxel size" not in gate({**GOOD, "femur_dice": 0.5}, limits).reasons[0]

@@ -279,7 +279,7 @@ def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sit
     pts = mri_surface.points_mm
     if len(pts) > 4000:
         pts = pts[rng.choice(len(pts), 4000, replace=False)]
-    figures: dict[str, float] = {}
+    figures: dict[str, float] = {"ct_voxel_max_mm": float(max(ct.GetSpacing()))}
     inside = contains_points(ct, T_ct_from_mri.apply(pts)) if len(pts) else np.zeros(0, bool)
     figures["femur_in_ct_fraction"] = float(inside.mean()) if len(inside) else 0.0
     # only the femur the CT shows can be judged: points mapped inside its field of view (3 mm in)

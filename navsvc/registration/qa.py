@@ -100,6 +100,11 @@ def gate(figures: dict[str, float], limits: QAThresholds, notes: list[str] | Non
     fail: list[str] = list(extra_fail or [])
     warn: list[str] = []
     g = figures.get
+    coarse = g("ct_voxel_max_mm")
+    coarse = coarse is not None and coarse > limits.coarse_ct_mm
+    # on a coarse CT a surface or Dice failure may be the figure's own floor: say so
+    floor = (f" (on a CT with {g('ct_voxel_max_mm'):.1f} mm voxels this figure is limited by the voxel size "
+             "even for a correct registration)") if coarse else ""
 
     def check(value: Any) -> bool:
         return value is not None and not (isinstance(value, float) and math.isnan(value))
@@ -108,16 +113,16 @@ def gate(figures: dict[str, float], limits: QAThresholds, notes: list[str] | Non
     if check(v):
         if v > limits.surface_mean_fail_mm:
             fail.append(f"bone surface distance {v:.2f} mm > {limits.surface_mean_fail_mm} mm: the femur does not "
-                        "match the CT bone (wrong case, other hip, or no femur in the CT?)")
+                        f"match the CT bone (wrong case, other hip, or no femur in the CT?){floor}")
         elif v > limits.surface_mean_warn_mm:
             warn.append(f"bone surface distance {v:.2f} mm > {limits.surface_mean_warn_mm} mm")
     v = g("surface_distance_p95_mm")
     if check(v) and v > limits.surface_p95_fail_mm:
-        fail.append(f"bone surface distance p95 {v:.2f} mm > {limits.surface_p95_fail_mm} mm")
+        fail.append(f"bone surface distance p95 {v:.2f} mm > {limits.surface_p95_fail_mm} mm{floor}")
     v = g("femur_dice")
     if check(v):
         if v < limits.dice_fail:
-            fail.append(f"femur Dice {v:.3f} < {limits.dice_fail}")
+            fail.append(f"femur Dice {v:.3f} < {limits.dice_fail}{floor}")
         elif v < limits.dice_warn:
             warn.append(f"femur Dice {v:.3f} < {limits.dice_warn}")
     v = g("jacobian_min")
@@ -146,6 +151,10 @@ def gate(figures: dict[str, float], limits: QAThresholds, notes: list[str] | Non
             fail.append(f"landmark TRE max {v:.2f} mm > {limits.tre_fail_mm} mm")
         elif v > limits.tre_warn_mm:
             warn.append(f"landmark TRE max {v:.2f} mm > {limits.tre_warn_mm} mm")
+    if coarse:
+        warn.append(f"CT voxels {g('ct_voxel_max_mm'):.1f} mm > {limits.coarse_ct_mm} mm: too coarse for the QA "
+                    "figures to verify sub-millimetre accuracy (a fit 5 mm off scores the same); check landmarks "
+                    f"with a tracked pointer or acquire the CT at <= {limits.coarse_ct_mm} mm")
     b, a = g("similarity_before"), g("similarity_after")
     if check(b) and check(a) and a < b:
         warn.append(f"femur similarity (MI) fell from {b:.3f} to {a:.3f}")
