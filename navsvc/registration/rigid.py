@@ -282,6 +282,9 @@ def region_mi(ct: sitk.Image, mri: sitk.Image, region: sitk.Image, T_mri_from_ct
     method.SetInterpolator(sitk.sitkLinear)
     method.SetMetricFixedMask(mask)
     method.SetInitialTransform(T_mri_from_ct)
+    # the value only: ITK's gradient-image filters would filter the whole MRI at every call
+    method.MetricUseMovingImageGradientFilterOff()
+    method.MetricUseFixedImageGradientFilterOff()
     return -float(method.MetricEvaluate(fixed, sitk.Cast(mri, sitk.sitkFloat32)))
 
 
