@@ -121,6 +121,32 @@ def crop_to_mask(image: sitk.Image, mask_zyx: NDArray[np.bool_], margin_vox: int
     return sitk.RegionOfInterest(image, size_ijk, lo_ijk)
 
 
+def fill_holes(mask_zyx: NDArray[np.bool_], *, in_plane: bool = False) -> NDArray[np.bool_]:
+    """``scipy.ndimage.binary_fill_holes`` of a 3-D mask (``in_plane``: of every axial slice
+    ``mask_zyx[k]`` on its own), the same result from one connected-component labelling.
+
+    Holes are background not connected (through faces: 6-, or in a slice 4-neighbours) to the
+    border of the volume (``in_plane``: to the edge of its slice); ndimage's iterative
+    dilation takes seconds on a 0.8 mm CT, the labelling a fraction.
+    """
+    mask = np.asarray(mask_zyx, dtype=bool)
+    if in_plane:
+        structure = np.zeros((3, 3, 3), bool)
+        structure[1] = ndimage.generate_binary_structure(2, 1)
+    else:
+        structure = ndimage.generate_binary_structure(3, 1)
+    lab, n = ndimage.label(~mask, structure=structure)
+    if in_plane:
+        border = [lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]]
+    else:
+        border = [lab[0], lab[-1], lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]]
+    outside = np.zeros(n + 1, bool)
+    for face in border:
+        outside[face.ravel()] = True
+    outside[0] = False  # label 0 = the mask itself
+    return ~outside[lab]
+
+
 def segment_ct_bone(
     ct: sitk.Image,
     threshold_hu: float = 250.0,
@@ -139,12 +165,11 @@ def segment_ct_bone(
     """
     hu = sitk.GetArrayViewFromImage(ct)
     bone = hu >= threshold_hu
-    caps = [ndimage.binary_fill_holes(bone[k]) for k in (0, -1)]
-    padded = np.concatenate([caps[0][None], bone, caps[1][None]], axis=0)
-    filled = ndimage.binary_fill_holes(padded)[1:-1]
+    caps = fill_holes(np.stack([bone[0], bone[-1]]), in_plane=True)
+    padded = np.concatenate([caps[:1], bone, caps[1:]], axis=0)
+    filled = fill_holes(padded)[1:-1]
     if fill == "slices":
-        for k in range(filled.shape[0]):
-            filled[k] = ndimage.binary_fill_holes(filled[k])
+        filled = fill_holes(filled, in_plane=True)
     lab, n = ndimage.label(filled, structure=ndimage.generate_binary_structure(3, 1))
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     if n:

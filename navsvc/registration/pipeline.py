@@ -216,11 +216,14 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
     from navsvc.registration import rigid as rigid_mod
 
     def rank(m: F) -> float:
-        """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m."""
+        """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m (on a <= 2 mm CT)."""
         T_mri_from_ct = RigidTransform(m, CT, MRI).inverse()
-        roi = rigid_mod.mi_region(qa.map_mask(femur_mri, ct, T_mri_from_ct), ct, options.roi_margin_mm)
-        return -rigid_mod.region_mi(ct, mri, roi, T_mri_from_ct.to_sitk())
+        roi = rigid_mod.mi_region(qa.map_mask(femur_mri, grid.ct, T_mri_from_ct), grid.ct, options.roi_margin_mm,
+                                  min_voxels=grid.min_voxels, exclude=grid.exclude)
+        return -rigid_mod.region_mi(grid.ct, mri, roi, T_mri_from_ct.to_sitk())
 
+    with timer.stage("rigid_surface"):
+        grid = rigid_mod.rank_grid(ct)
     with timer.stage("rigid_image"):
         image_start = rigid_mod.image_rigid(mri, ct, seed=options.seed, cancel=cancel)
     with timer.stage("rigid_surface"):
