@@ -84,6 +84,9 @@ def surface_rigid(
     rank: Callable[[F], float] | None = None,
     extra_starts: list[tuple[str, F]] | None = None,
     search_margin_mm: float = 60.0,
+    ransac_iterations: int = 5000,
+    coarse_icp_tolerance: float = 1e-5,
+    coarse_icp_iterations: int = 30,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
 ) -> SurfaceFit:
@@ -127,7 +130,7 @@ def surface_rigid(
             reg.TransformationEstimationPointToPoint(False), 3,
             [reg.CorrespondenceCheckerBasedOnEdgeLength(0.9),
              reg.CorrespondenceCheckerBasedOnDistance(1.5 * voxel_mm)],
-            reg.RANSACConvergenceCriteria(30000, 0.999),
+            reg.RANSACConvergenceCriteria(int(ransac_iterations), 0.999),
         )
         starts.append((f"ransac-{i}", np.asarray(res.transformation)))
         progress("rigid", 0.3 * (i + 1) / n_starts, f"global pose {i + 1}/{n_starts}")
@@ -142,7 +145,8 @@ def surface_rigid(
     for n, (name, init) in enumerate(starts):
         if cancel:
             cancel.check()
-        m = icp(src, tgt, init, (20.0, 10.0, 5.0, 2.5) if name == "identity" else (8.0, 4.0, 2.0))
+        m = icp(src, tgt, init, (20.0, 10.0, 5.0, 2.5) if name == "identity" else (8.0, 4.0, 2.0),
+                tolerance=coarse_icp_tolerance, max_iterations=coarse_icp_iterations)
         same = [f for f in fits if _same_pose(f[2], m)]
         score = same[0][0] if same else (rank(m) if rank is not None else trimmed_distance_mm(_apply(m, src), tree))
         fits.append((score, name, m))
@@ -185,14 +189,19 @@ def _same_pose(a: F, b: F, tol_mm: float = 0.5, tol_deg: float = 0.5) -> bool:
 
 
 def icp(src: o3d.geometry.PointCloud, tgt: o3d.geometry.PointCloud, init: F,
-        distances_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0)) -> F:
-    """Point-to-plane ICP with shrinking correspondence distances; returns T_tgt_from_src."""
+        distances_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0), *, tolerance: float = 1e-7,
+        max_iterations: int = 60) -> F:
+    """Point-to-plane ICP with shrinking correspondence distances; returns T_tgt_from_src.
+
+    Each distance stops when fitness and RMSE change by less than ``tolerance`` (relative)
+    or after ``max_iterations``."""
     reg = o3d.pipelines.registration
     m = np.asarray(init, dtype=np.float64)
     for dist in distances_mm:
         res = reg.registration_icp(
             src, tgt, dist, m, reg.TransformationEstimationPointToPlane(),
-            reg.ICPConvergenceCriteria(relative_fitness=1e-7, relative_rmse=1e-7, max_iteration=60),
+            reg.ICPConvergenceCriteria(relative_fitness=tolerance, relative_rmse=tolerance,
+                                       max_iteration=max_iterations),
         )
         m = np.asarray(res.transformation)
     return m
