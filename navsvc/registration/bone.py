@@ -147,6 +147,14 @@ def fill_holes(mask_zyx: NDArray[np.bool_], *, in_plane: bool = False) -> NDArra
     return ~outside[lab]
 
 
+def crop_box(image: sitk.Image, box: tuple[NDArray[np.int64], NDArray[np.int64]] | None) -> sitk.Image:
+    """``image`` cut to the index box (lo, hi exclusive; i, j, k), geometry kept; None: as is."""
+    if box is None:
+        return image
+    lo, hi = box
+    return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
 def segment_ct_bone(
     ct: sitk.Image,
     threshold_hu: float = 250.0,
