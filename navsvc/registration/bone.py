@@ -90,8 +90,10 @@ def label_surface(labels: sitk.Image, values: tuple[int, ...], spacing_mm: float
     mask = sitk.GetImageFromArray(arr)
     mask.CopyInformation(labels)
     sigma = tuple(0.45 * s for s in labels.GetSpacing())
-    soft = smooth_mask(mask, sigma)  # type: ignore[arg-type]
-    soft = crop_to_mask(soft, arr > 0, margin_vox=3)
+    # cut before smoothing (cheaper; 6 voxels = 13 sigma of zeros keep the values): 3 voxels kept
+    box = crop_to_mask(mask, arr > 0, margin_vox=6)
+    soft = smooth_mask(box, sigma)  # type: ignore[arg-type]
+    soft = crop_to_mask(soft, sitk.GetArrayViewFromImage(box) > 0, margin_vox=3)
     iso = _isotropic(soft, spacing_mm)
     return isosurface(iso, 0.5)
 
@@ -199,7 +201,9 @@ def ct_bone_surface(ct: sitk.Image, bone_mask: sitk.Image) -> Surface:
     smoothing makes it sub-voxel. ``ct`` fixes the grid (kept for the signature's clarity).
     """
     sigma = [0.5 * float(s) for s in bone_mask.GetSpacing()]
-    return isosurface(smooth_mask(bone_mask, tuple(sigma)), 0.5)  # type: ignore[arg-type]
+    # cut to the bone's box first (6 voxels = 12 sigma of zeros around it keep the values)
+    box = crop_to_mask(bone_mask, sitk.GetArrayViewFromImage(bone_mask) > 0, margin_vox=6)
+    return isosurface(smooth_mask(box, tuple(sigma)), 0.5)  # type: ignore[arg-type]
 
 
 def exclude_near(surface: Surface, mask: sitk.Image, distance_mm: float) -> Surface:
