@@ -90,8 +90,10 @@ def label_surface(labels: sitk.Image, values: tuple[int, ...], spacing_mm: float
     mask = sitk.GetImageFromArray(arr)
     mask.CopyInformation(labels)
     sigma = tuple(0.45 * s for s in labels.GetSpacing())
-    soft = smooth_mask(mask, sigma)  # type: ignore[arg-type]
-    soft = crop_to_mask(soft, arr > 0, margin_vox=3)
+    # cut before smoothing (cheaper; 6 voxels = 13 sigma of zeros keep the values): 3 voxels kept
+    box = crop_to_mask(mask, arr > 0, margin_vox=6)
+    soft = smooth_mask(box, sigma)  # type: ignore[arg-type]
+    soft = crop_to_mask(soft, sitk.GetArrayViewFromImage(box) > 0, margin_vox=3)
     iso = _isotropic(soft, spacing_mm)
     return isosurface(iso, 0.5)
 
@@ -121,6 +123,40 @@ def crop_to_mask(image: sitk.Image, mask_zyx: NDArray[np.bool_], margin_vox: int
     return sitk.RegionOfInterest(image, size_ijk, lo_ijk)
 
 
+def fill_holes(mask_zyx: NDArray[np.bool_], *, in_plane: bool = False) -> NDArray[np.bool_]:
+    """``scipy.ndimage.binary_fill_holes`` of a 3-D mask (``in_plane``: of every axial slice
+    ``mask_zyx[k]`` on its own), the same result from one connected-component labelling.
+
+    Holes are background not connected (through faces: 6-, or in a slice 4-neighbours) to the
+    border of the volume (``in_plane``: to the edge of its slice); ndimage's iterative
+    dilation takes seconds on a 0.8 mm CT, the labelling a fraction.
+    """
+    mask = np.asarray(mask_zyx, dtype=bool)
+    if in_plane:
+        structure = np.zeros((3, 3, 3), bool)
+        structure[1] = ndimage.generate_binary_structure(2, 1)
+    else:
+        structure = ndimage.generate_binary_structure(3, 1)
+    lab, n = ndimage.label(~mask, structure=structure)
+    if in_plane:
+        border = [lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]]
+    else:
+        border = [lab[0], lab[-1], lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]]
+    outside = np.zeros(n + 1, bool)
+    for face in border:
+        outside[face.ravel()] = True
+    outside[0] = False  # label 0 = the mask itself
+    return ~outside[lab]
+
+
+def crop_box(image: sitk.Image, box: tuple[NDArray[np.int64], NDArray[np.int64]] | None) -> sitk.Image:
+    """``image`` cut to the index box (lo, hi exclusive; i, j, k), geometry kept; None: as is."""
+    if box is None:
+        return image
+    lo, hi = box
+    return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
 def segment_ct_bone(
     ct: sitk.Image,
     threshold_hu: float = 250.0,
@@ -139,12 +175,11 @@ def segment_ct_bone(
     """
     hu = sitk.GetArrayViewFromImage(ct)
     bone = hu >= threshold_hu
-    caps = [ndimage.binary_fill_holes(bone[k]) for k in (0, -1)]
-    padded = np.concatenate([caps[0][None], bone, caps[1][None]], axis=0)
-    filled = ndimage.binary_fill_holes(padded)[1:-1]
+    caps = fill_holes(np.stack([bone[0], bone[-1]]), in_plane=True)
+    padded = np.concatenate([caps[:1], bone, caps[1:]], axis=0)
+    filled = fill_holes(padded)[1:-1]
     if fill == "slices":
-        for k in range(filled.shape[0]):
-            filled[k] = ndimage.binary_fill_holes(filled[k])
+        filled = fill_holes(filled, in_plane=True)
     lab, n = ndimage.label(filled, structure=ndimage.generate_binary_structure(3, 1))
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     if n:
@@ -166,7 +201,9 @@ def ct_bone_surface(ct: sitk.Image, bone_mask: sitk.Image) -> Surface:
     smoothing makes it sub-voxel. ``ct`` fixes the grid (kept for the signature's clarity).
     """
     sigma = [0.5 * float(s) for s in bone_mask.GetSpacing()]
-    return isosurface(smooth_mask(bone_mask, tuple(sigma)), 0.5)  # type: ignore[arg-type]
+    # cut to the bone's box first (6 voxels = 12 sigma of zeros around it keep the values)
+    box = crop_to_mask(bone_mask, sitk.GetArrayViewFromImage(bone_mask) > 0, margin_vox=6)
+    return isosurface(smooth_mask(box, tuple(sigma)), 0.5)  # type: ignore[arg-type]
 
 
 def exclude_near(surface: Surface, mask: sitk.Image, distance_mm: float) -> Surface:

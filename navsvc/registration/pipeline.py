@@ -47,16 +47,20 @@ def versions() -> dict[str, str]:
 
 
 class _Timer:
+    """Wall time (``timings_s``) and CPU time of this process, all threads (``cpu_s``), per stage."""
+
     def __init__(self) -> None:
         self.timings_s: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.timings_s[name] = self.timings_s.get(name, 0.0) + time.perf_counter() - t0
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.process_time() - c0
 
 
 def check_inputs(mri: sitk.Image, labels: sitk.Image, ct: sitk.Image, options: RegistrationOptions) -> dict[str, int]:
@@ -124,7 +128,7 @@ def register_mri_to_ct(
     """
     options = options or RegistrationOptions()
     timer = _Timer()
-    t_total = time.perf_counter()
+    t_total, cpu_total = time.perf_counter(), time.process_time()
     notes: list[str] = []
     stages: dict[str, Any] = {}
     with timer.stage("checks"):
@@ -189,6 +193,8 @@ def register_mri_to_ct(
                          rigid, field_mm, options, targets_mri=targets_mri, landmarks=landmarks,
                          notes=notes, extra_fail=failure)
     timer.timings_s["total"] = time.perf_counter() - t_total
+    timer.cpu_s["total"] = time.process_time() - cpu_total
+    stages["cpu_s"] = timer.cpu_s
     progress("done", 1.0, f"verdict {report.verdict}")
     log.info("registration %s: %s in %.1f s", options.method, report.verdict, timer.timings_s["total"])
     return RegistrationResult(T_ct_from_mri, T_mri_from_ct, report, timer.timings_s, options.method, versions(),
@@ -210,11 +216,14 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
     from navsvc.registration import rigid as rigid_mod
 
     def rank(m: F) -> float:
-        """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m."""
+        """Minus the femur's mutual information under candidate ``T_ct_from_mri`` = m (on a <= 2 mm CT)."""
         T_mri_from_ct = RigidTransform(m, CT, MRI).inverse()
-        roi = rigid_mod.mi_region(qa.map_mask(femur_mri, ct, T_mri_from_ct), ct, options.roi_margin_mm)
-        return -rigid_mod.region_mi(ct, mri, roi, T_mri_from_ct.to_sitk())
+        roi = rigid_mod.mi_region(qa.map_mask(femur_mri, grid.ct, T_mri_from_ct), grid.ct, options.roi_margin_mm,
+                                  min_voxels=grid.min_voxels, exclude=grid.exclude)
+        return -rigid_mod.region_mi(grid.ct, mri, roi, T_mri_from_ct.to_sitk())
 
+    with timer.stage("rigid_surface"):
+        grid = rigid_mod.rank_grid(ct)
     with timer.stage("rigid_image"):
         image_start = rigid_mod.image_rigid(mri, ct, seed=options.seed, cancel=cancel)
     with timer.stage("rigid_surface"):
@@ -269,6 +278,26 @@ def _elastix(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_femur: s
     return rigid, deformed
 
 
+def _femur_box(femur_mri: sitk.Image, ct: sitk.Image, transforms: tuple[AnyTransform, ...],
+               margin_mm: float) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+    """(lo, hi) CT index box (i, j, k; hi exclusive) around the femur mask's box mapped by each
+    ``T_ct_from_mri``, grown by ``margin_mm``; None when it misses the CT."""
+    kji = np.argwhere(sitk.GetArrayViewFromImage(femur_mri) > 0)
+    if not len(kji):
+        return None
+    lo, hi = kji.min(0)[::-1] - 1.0, kji.max(0)[::-1] + 1.0
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    from navsvc.imaging import index_from_lps, lps_from_index
+
+    mapped = np.vstack([T.apply(lps_from_index(femur_mri, corners)) for T in transforms])
+    idx = index_from_lps(ct, mapped)
+    grow = margin_mm / np.array(ct.GetSpacing())
+    size = np.array(ct.GetSize())
+    box_lo = np.clip(np.floor(idx.min(0) - grow), 0, size).astype(np.int64)
+    box_hi = np.clip(np.ceil(idx.max(0) + grow) + 1, 0, size).astype(np.int64)
+    return (box_lo, box_hi) if np.all(box_hi > box_lo) else None
+
+
 def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sitk.Image,
             mri_surface: bone.Surface, ct_surface: bone.Surface, T_ct_from_mri: AnyTransform,
             T_mri_from_ct: AnyTransform, rigid: RigidTransform, field_mm: sitk.Image | None,
@@ -287,8 +316,11 @@ def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sit
     mean_mm, p95_mm = qa.surface_distance_mm(pts[seen], T_ct_from_mri, ct_surface.points_mm)
     figures["surface_distance_mean_mm"] = mean_mm
     figures["surface_distance_p95_mm"] = p95_mm
-    mapped = qa.map_mask(femur_mri, ct, T_mri_from_ct)
     ct_bone_filled = bone.segment_ct_bone(ct, options.threshold_for(ct.GetSpacing()), fill="slices")
+    # the mask figures only look near the femur: on its box (+ margins) of the CT grid, same values
+    box = _femur_box(femur_mri, ct, (T_ct_from_mri, rigid), 12.0 + max(10.0, options.roi_margin_mm))
+    ct_near, ct_bone_filled = bone.crop_box(ct, box), bone.crop_box(ct_bone_filled, box)
+    mapped = qa.map_mask(femur_mri, ct_near, T_mri_from_ct)
     figures["femur_dice"] = qa.femur_dice(mapped, ct_bone_filled)
     jmin, jmax = qa.jacobian_determinant_range(field_mm)
     figures["jacobian_min"], figures["jacobian_max"] = jmin, jmax
@@ -296,10 +328,10 @@ def quality(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_bone: sit
     if targets_mri is not None and len(targets_mri):
         check_pts = np.vstack([check_pts, np.asarray(targets_mri, dtype=np.float64).reshape(-1, 3)])
     figures["inverse_consistency_mm"] = qa.inverse_consistency_mm(T_ct_from_mri, T_mri_from_ct, check_pts)
-    roi = _roi(qa.map_mask(femur_mri, ct, rigid.inverse()), options.roi_margin_mm)
+    roi = _roi(qa.map_mask(femur_mri, ct_near, rigid.inverse()), options.roi_margin_mm)
     if sitk.GetArrayViewFromImage(roi).any():
-        figures["similarity_before"] = qa.masked_mi(ct, mri, roi, RigidTransform.identity(MRI, CT))
-        figures["similarity_after"] = qa.masked_mi(ct, mri, roi, T_mri_from_ct)
+        figures["similarity_before"] = qa.masked_mi(ct_near, mri, roi, RigidTransform.identity(MRI, CT))
+        figures["similarity_after"] = qa.masked_mi(ct_near, mri, roi, T_mri_from_ct)
     figures["rotation_deg"] = rigid.rotation_angle_deg
     figures["translation_mm"] = float(np.linalg.norm(rigid.translation_mm))
     if targets_mri is not None and len(targets_mri):

@@ -83,6 +83,9 @@ def masked_mi(ct: sitk.Image, mri: sitk.Image, mask_ct: sitk.Image, T_mri_from_c
     method.SetMetricFixedMask(mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetInitialTransform(sitk.Transform(3, sitk.sitkIdentity))
+    # the value only: ITK's gradient-image filters would filter the whole image for nothing
+    method.MetricUseMovingImageGradientFilterOff()
+    method.MetricUseFixedImageGradientFilterOff()
     try:
         return -float(method.MetricEvaluate(fixed, moving))
     except RuntimeError:  # too few samples map inside the MRI

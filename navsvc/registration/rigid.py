@@ -84,6 +84,9 @@ def surface_rigid(
     rank: Callable[[F], float] | None = None,
     extra_starts: list[tuple[str, F]] | None = None,
     search_margin_mm: float = 60.0,
+    ransac_iterations: int = 5000,
+    coarse_icp_tolerance: float = 1e-5,
+    coarse_icp_iterations: int = 30,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
 ) -> SurfaceFit:
@@ -127,7 +130,7 @@ def surface_rigid(
             reg.TransformationEstimationPointToPoint(False), 3,
             [reg.CorrespondenceCheckerBasedOnEdgeLength(0.9),
              reg.CorrespondenceCheckerBasedOnDistance(1.5 * voxel_mm)],
-            reg.RANSACConvergenceCriteria(30000, 0.999),
+            reg.RANSACConvergenceCriteria(int(ransac_iterations), 0.999),
         )
         starts.append((f"ransac-{i}", np.asarray(res.transformation)))
         progress("rigid", 0.3 * (i + 1) / n_starts, f"global pose {i + 1}/{n_starts}")
@@ -142,7 +145,8 @@ def surface_rigid(
     for n, (name, init) in enumerate(starts):
         if cancel:
             cancel.check()
-        m = icp(src, tgt, init, (20.0, 10.0, 5.0, 2.5) if name == "identity" else (8.0, 4.0, 2.0))
+        m = icp(src, tgt, init, (20.0, 10.0, 5.0, 2.5) if name == "identity" else (8.0, 4.0, 2.0),
+                tolerance=coarse_icp_tolerance, max_iterations=coarse_icp_iterations)
         same = [f for f in fits if _same_pose(f[2], m)]
         score = same[0][0] if same else (rank(m) if rank is not None else trimmed_distance_mm(_apply(m, src), tree))
         fits.append((score, name, m))
@@ -185,14 +189,19 @@ def _same_pose(a: F, b: F, tol_mm: float = 0.5, tol_deg: float = 0.5) -> bool:
 
 
 def icp(src: o3d.geometry.PointCloud, tgt: o3d.geometry.PointCloud, init: F,
-        distances_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0)) -> F:
-    """Point-to-plane ICP with shrinking correspondence distances; returns T_tgt_from_src."""
+        distances_mm: tuple[float, ...] = (8.0, 4.0, 2.0, 1.0), *, tolerance: float = 1e-7,
+        max_iterations: int = 60) -> F:
+    """Point-to-plane ICP with shrinking correspondence distances; returns T_tgt_from_src.
+
+    Each distance stops when fitness and RMSE change by less than ``tolerance`` (relative)
+    or after ``max_iterations``."""
     reg = o3d.pipelines.registration
     m = np.asarray(init, dtype=np.float64)
     for dist in distances_mm:
         res = reg.registration_icp(
             src, tgt, dist, m, reg.TransformationEstimationPointToPlane(),
-            reg.ICPConvergenceCriteria(relative_fitness=1e-7, relative_rmse=1e-7, max_iteration=60),
+            reg.ICPConvergenceCriteria(relative_fitness=tolerance, relative_rmse=tolerance,
+                                       max_iteration=max_iterations),
         )
         m = np.asarray(res.transformation)
     return m
@@ -220,7 +229,8 @@ def _stop_on_cancel(method: sitk.ImageRegistrationMethod, cancel: CancelToken | 
 
 
 def mi_region(femur_ct: sitk.Image, ct: sitk.Image, margin_mm: float = 6.0, *, min_voxels: int = 15000,
-              max_margin_mm: float = 20.0, metal_hu: float = 2000.0, metal_margin_mm: float = 6.0) -> sitk.Image:
+              max_margin_mm: float = 20.0, metal_hu: float = 2000.0, metal_margin_mm: float = 6.0,
+              exclude: sitk.Image | None = None) -> sitk.Image:
     """The CT region (UInt8 mask, CT grid) where the femur-masked mutual information is taken.
 
     ``femur_ct`` is the MRI femur mapped onto the CT grid. The region is the femur dilated by
@@ -228,7 +238,8 @@ def mi_region(femur_ct: sitk.Image, ct: sitk.Image, margin_mm: float = 6.0, *, m
     spacing, up to ``max_margin_mm``, until the region holds ``min_voxels`` CT voxels: the joint
     histogram of a few thousand voxels has a noisy optimum (on the real 3 mm CT it moved the
     pose 1-2 mm). Metal (above ``metal_hu``) and ``metal_margin_mm`` around it are left out:
-    it and its streaks have no counterpart in the MRI.
+    it and its streaks have no counterpart in the MRI. ``exclude`` (UInt8 on ``ct``'s grid, e.g.
+    :attr:`RankGrid.exclude`) replaces that metal test when given.
     """
     from navsvc.registration.bone import crop_to_mask
 
@@ -247,11 +258,58 @@ def mi_region(femur_ct: sitk.Image, ct: sitk.Image, margin_mm: float = 6.0, *, m
         margin = min(max_margin_mm, margin + float(spacing.max()))
     lo = np.array(ct.TransformPhysicalPointToIndex(box.GetOrigin()))[::-1]
     out[lo[0]:lo[0] + region.shape[0], lo[1]:lo[1] + region.shape[1], lo[2]:lo[2] + region.shape[2]] = region
-    metal = sitk.GetArrayViewFromImage(ct) > metal_hu
-    if metal.any():
-        m = sitk.BinaryDilate(_like(metal.astype(np.uint8), ct), [max(1, int(round(metal_margin_mm / s))) for s in spacing])
-        out[sitk.GetArrayViewFromImage(m) > 0] = 0
+    if exclude is None:
+        exclude = metal_exclusion(ct, metal_hu, metal_margin_mm)
+    out[sitk.GetArrayViewFromImage(exclude) > 0] = 0
     return _like(out, ct)
+
+
+def metal_exclusion(ct: sitk.Image, metal_hu: float = 2000.0, margin_mm: float = 6.0) -> sitk.Image:
+    """UInt8 mask on the CT grid: voxels above ``metal_hu`` dilated by ``margin_mm`` (all zero without metal)."""
+    metal = sitk.GetArrayViewFromImage(ct) > metal_hu
+    if not metal.any():
+        return _like(np.zeros(metal.shape, np.uint8), ct)
+    return sitk.BinaryDilate(_like(metal.astype(np.uint8), ct),
+                             [max(1, int(round(margin_mm / s))) for s in ct.GetSpacing()])
+
+
+@dataclass(frozen=True)
+class RankGrid:
+    """The CT on which candidate poses are ranked by the femur's mutual information.
+
+    ``ct``: float32, no finer than the rank spacing (a finer CT is Gaussian-smoothed by 0.4 x
+    the spacing and resampled once, instead of once per candidate); ``exclude``: metal and its
+    margin (:func:`metal_exclusion` of the original CT, carried onto this grid); ``min_voxels``:
+    :func:`mi_region`'s minimum region size scaled to this grid's voxel volume (the same
+    physical volume as on the original grid).
+    """
+
+    ct: sitk.Image
+    exclude: sitk.Image
+    min_voxels: int
+
+
+def rank_grid(ct: sitk.Image, spacing_mm: float = 2.0, *, min_voxels: int = 15000) -> RankGrid:
+    """:class:`RankGrid` for ``ct`` (HU): see there."""
+    fixed = sitk.Cast(ct, sitk.sitkFloat32)
+    if min(ct.GetSpacing()) >= spacing_mm:
+        return RankGrid(fixed, metal_exclusion(ct), int(min_voxels))
+    fixed = resample_to_spacing(sitk.SmoothingRecursiveGaussian(fixed, 0.4 * spacing_mm), spacing_mm, sitk.sitkLinear)
+    # metal voxels of the original CT mark the coarse voxels they fall in; the margin grows by
+    # one coarse voxel so that the coarse region covers the original one
+    metal = np.zeros(sitk.GetArrayViewFromImage(fixed).shape, np.uint8)
+    kji = np.argwhere(sitk.GetArrayViewFromImage(ct) > 2000.0)
+    if len(kji):
+        from navsvc.imaging import index_from_lps, lps_from_index
+
+        ijk = np.round(index_from_lps(fixed, lps_from_index(ct, kji[:, ::-1].astype(np.float64)))).astype(int)
+        ijk = ijk[np.all((ijk >= 0) & (ijk < np.array(fixed.GetSize())), axis=1)]
+        metal[ijk[:, 2], ijk[:, 1], ijk[:, 0]] = 1
+    exclude = _like(metal, fixed)
+    if metal.any():
+        exclude = sitk.BinaryDilate(exclude, [int(np.ceil(6.0 / spacing_mm)) + 1] * 3)
+    scale = float(np.prod(ct.GetSpacing()) / np.prod(fixed.GetSpacing()))
+    return RankGrid(fixed, exclude, max(1, int(round(min_voxels * scale))))
 
 
 def _like(arr_zyx: NDArray[np.uint8], reference: sitk.Image) -> sitk.Image:
@@ -282,6 +340,9 @@ def region_mi(ct: sitk.Image, mri: sitk.Image, region: sitk.Image, T_mri_from_ct
     method.SetInterpolator(sitk.sitkLinear)
     method.SetMetricFixedMask(mask)
     method.SetInitialTransform(T_mri_from_ct)
+    # the value only: ITK's gradient-image filters would filter the whole MRI at every call
+    method.MetricUseMovingImageGradientFilterOff()
+    method.MetricUseFixedImageGradientFilterOff()
     return -float(method.MetricEvaluate(fixed, sitk.Cast(mri, sitk.sitkFloat32)))
 
 
