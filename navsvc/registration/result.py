@@ -72,6 +72,9 @@ class RegistrationOptions:
     #: keep the field only when it predicts held-out surface patches better than the rigid
     #: result: cross-validated gain (1 - rms field / rms rigid) > this; patches (folds) by k-means
     deformable_min_cv_gain: float = 0.0
+    #: ... and only when it is larger than its uncertainty: rms field / rms jackknife standard
+    #: error of the fold fits >= this
+    deformable_min_significance: float = 1.0
     deformable_cv_folds: int = 20
     initial_velocity: Any = None
     network_weights: str | None = None
