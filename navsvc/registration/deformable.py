@@ -252,6 +252,7 @@ def fit_surface_polynomial(
     caps_mm: tuple[float, ...] = (3.0, 2.0, 1.5),
     prior: PolynomialField | None = None,
     start: PolynomialField | None = None,
+    ct_tree: cKDTree | None = None,
     cancel: CancelToken | None = None,
 ) -> SurfaceFit:
     """Point-to-plane ICP of ``mri_surface`` (MRI frame) onto ``ct_surface`` (CT frame) with
@@ -261,6 +262,7 @@ def fit_surface_polynomial(
     cap, normals within 60 degrees) and solves the regularised linear least squares
     ``min mean((n.(x + Q(x) - t) - offset)^2) + smooth_weight * |nonrigid(Q - prior)|^2``.
     ``start``: the first pairing uses this field instead of the prior (a warm start).
+    ``ct_tree``: a ``cKDTree`` of ``ct_surface.points_mm`` when the caller has one.
     """
     x0 = T_ct_from_mri.apply(mri_surface.points_mm)
     n_mri = mri_surface.normals @ T_ct_from_mri.matrix[:3, :3].T
@@ -271,7 +273,7 @@ def fit_surface_polynomial(
     if prior is not None and (prior.degree != degree or not np.allclose(prior.centre_mm, centre)):
         c_prior = PolynomialField.fit(x0, prior(x0), centre, degree).coefficients_mm
     pen = _nonrigid_penalty(degree)
-    tree = cKDTree(ct_surface.points_mm)
+    tree = cKDTree(ct_surface.points_mm) if ct_tree is None else ct_tree
     coeffs = c_prior.copy() if start is None else PolynomialField.fit(x0, start(x0), centre, degree).coefficients_mm
     offset, pairs = 0.0, 0
     for it in range(iterations):
@@ -364,7 +366,7 @@ def cross_validate_fit(mri_surface: bone.Surface, ct_surface: bone.Surface, T_ct
         if iterations > 0:
             field_f = fit_surface_polynomial(
                 bone.Surface(mri_surface.points_mm[train & sub], mri_surface.normals[train & sub]), ct_surface,
-                T_ct_from_mri, start=full if warm_start else None, iterations=iterations, cancel=cancel,
+                T_ct_from_mri, start=full if warm_start else None, iterations=iterations, ct_tree=tree, cancel=cancel,
                 **fit_kwargs).field
         fields.append(field_f(probe))
         y = x0 + field_f(x0)
