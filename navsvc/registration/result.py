@@ -73,9 +73,13 @@ class RegistrationOptions:
     deformable_smooth_weight: float = 3e-3
     deformable_spacing_mm: float = 5.0
     deformable_max_femur_mm: float = 2.5
-    #: keep the field when held-out surface residual gain + femur MI gain (relative) >= this
-    #: (0.5 %: on the benchmark's undistorted cases the sum reached +0.0x %, on the distorted +0.8 % and more)
-    deformable_min_gain: float = 0.005
+    #: keep the field only when it predicts held-out surface patches better than the rigid
+    #: result: cross-validated gain (1 - rms field / rms rigid) > this; patches (folds) by k-means
+    deformable_min_cv_gain: float = 0.0
+    #: ... and only when it is larger than its uncertainty: rms field / rms jackknife standard
+    #: error of the fold fits >= this
+    deformable_min_significance: float = 1.0
+    deformable_cv_folds: int = 20
     initial_velocity: Any = None
     network_weights: str | None = None
     elastix_config: str = "careful"
@@ -92,6 +96,8 @@ class RegistrationOptions:
             raise ConfigError(f"network_weights: expected None, 'shipped' or a path, got {self.network_weights!r}")
         if not 0 <= self.deformable_degree <= 3:
             raise ConfigError(f"expected deformable_degree 0..3, got {self.deformable_degree}")
+        if self.deformable_cv_folds < 3:
+            raise ConfigError(f"expected deformable_cv_folds >= 3, got {self.deformable_cv_folds}")
         if self.deformable_iterations < 0:
             raise ConfigError(f"expected deformable_iterations >= 0, got {self.deformable_iterations}")
         if self.elastix_config not in ELASTIX_CONFIGS:
