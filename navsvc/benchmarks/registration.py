@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
                 tre = r.get("tre", {})
                 console.print(f"   {m:16s} TRE mean {tre.get('mean', float('nan')):.3f} max {tre.get('max', float('nan')):.3f} mm"
                               f"  {r.get('wall_seconds', float('nan')):.1f} s  {r.get('verdict')}  {r.get('reasons')}")
-    summaries = {m: _summary(rs) for m, rs in per_method.items()}
+    # --cases 0 runs the real-CT case alone: no phantom summary then
+    summaries = {m: _summary(rs) for m, rs in per_method.items() if rs}
     if "navsvc" in per_method and "rigid" not in per_method:
         # rigid-only figures from the same runs: the navsvc result's rigid stage
         import numpy as np
@@ -229,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
                       f"{s['wall_s_mean']:.1f}/{s['wall_s_max']:.1f}", f"{s['peak_memory_mb_max']:.0f}",
                       "/".join(str(s["verdicts"][v]) for v in ("PASS", "WARN", "FAIL")) if sum(s["verdicts"].values()) else "-",
                       f"{rr.get('mean', float('nan')):.2f}/{rr.get('max', float('nan')):.2f}" if rr else "-")
+    for m in real:
+        if m not in summaries:
+            rr = real[m].get("tre", {})
+            table.add_row(m, *["-"] * 8, f"{rr.get('mean', float('nan')):.2f}/{rr.get('max', float('nan')):.2f}")
     console.print(table)
     report = {
         "benchmark": "registration", "command": "navsvc bench registration " + " ".join(
