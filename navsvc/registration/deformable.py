@@ -36,7 +36,8 @@ projected onto the polynomial model and is the fit's starting point and prior.
 Acceptance (no truth needed): the field is fitted to the whole femur surface and kept only if
 it predicts surface it was not fitted to better than the rigid result: the surface is cut into
 ``deformable_cv_folds`` (20) compact patches (k-means of the points), the field is fitted
-again without each patch and predicts it (:func:`cross_validate_fit`); the pooled held-out
+again without each patch (``deformable_cv_iterations`` re-pairings from the whole-surface
+fit) and predicts it (:func:`cross_validate_fit`); the pooled held-out
 point-to-plane residual must beat the rigid one (``gain_cross_validated >
 deformable_min_cv_gain``, default 0), and the field must be larger than its own uncertainty:
 rms over the surface of the field >= ``deformable_min_significance`` (default 1) x rms of its
@@ -281,7 +282,7 @@ def fit_surface_polynomial(
             cancel.check()
         cap = caps_mm[min(it * len(caps_mm) // iterations, len(caps_mm) - 1)]
         y = x0 + phi @ coeffs
-        d, j = tree.query(y)
+        d, j = tree.query(y, workers=-1)
         t, n = ct_surface.points_mm[j], ct_surface.normals[j]
         ok = (d < cap) & (np.sum(n * n_mri, 1) > 0.5)
         pairs = int(ok.sum())
@@ -310,7 +311,7 @@ def surface_blocks(points_mm: F, k: int, seed: int = 0) -> NDArray[np.int64]:
 
 
 def _plane_residuals(y: F, n_mri: F, tree: cKDTree, ct_surface: bone.Surface, cap_mm: float) -> tuple[F, NDArray[np.bool_]]:
-    d, j = tree.query(y)
+    d, j = tree.query(y, workers=-1)
     n = ct_surface.normals[j]
     ok = (d < cap_mm) & (np.sum(n * n_mri, 1) > 0.5)
     return np.sum(n * (y - ct_surface.points_mm[j]), 1), ok
@@ -548,7 +549,8 @@ def _deformable_stage(
         cv = cross_validate_fit(mri_surface, ct_surface, rigid, applied, folds=options.deformable_cv_folds,
                                 seed=options.seed, degree=options.deformable_degree,
                                 smooth_weight=options.deformable_smooth_weight, prior=prior,
-                                iterations=min(20, options.deformable_iterations), cancel=cancel)
+                                iterations=min(options.deformable_cv_iterations, options.deformable_iterations),
+                                warm_start=True, cancel=cancel)
     return _accept(ct, mri, femur_mri, femur_ct, femur_g, field_img, cv, rigid,
                    T_ct_from_mri, T_mri_from_ct, options, info, keep)
 

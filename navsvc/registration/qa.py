@@ -25,7 +25,7 @@ def surface_distance_mm(mri_surface_mm: F, T_ct_from_mri: AnyTransform, ct_surfa
     """(mean, p95) distance (mm) from mapped MRI femur surface points to the nearest CT bone surface point."""
     if len(ct_surface_mm) == 0 or len(mri_surface_mm) == 0:
         return math.inf, math.inf
-    d, _ = cKDTree(ct_surface_mm).query(T_ct_from_mri.apply(mri_surface_mm), k=1)
+    d, _ = cKDTree(ct_surface_mm).query(T_ct_from_mri.apply(mri_surface_mm), k=1, workers=-1)
     return float(np.mean(d)), float(np.percentile(d, 95))
 
 

@@ -61,7 +61,7 @@ def rotation_angle_deg(matrix: F) -> float:
 
 def trimmed_distance_mm(src: F, tree: cKDTree, cap_mm: float = 5.0) -> float:
     """Mean of point-to-nearest-point distances capped at ``cap_mm`` (robust fit score)."""
-    d, _ = tree.query(src, k=1)
+    d, _ = tree.query(src, k=1, workers=-1)
     return float(np.mean(np.minimum(d, cap_mm)))
 
 
