@@ -29,7 +29,7 @@ from navsvc.frames import MRI, WORLD
 from navsvc.transforms import RigidTransform
 
 #: a local re-optimisation (the registration's two finest levels, one start)
-LOCAL = PoseOptions(strides=(2, 1), iterations=(30, 10), smooth_px=(1.0, 1.0), outline_band_px=(3.0, 3.0),
+LOCAL = PoseOptions(strides=(2, 1), iterations=(20, 5), smooth_px=(1.0, 1.0), outline_band_px=(3.0, 3.0),
                     n_starts=1, n_refine=1, start_iterations=0)
 
 
@@ -104,10 +104,10 @@ def _femur_error_mm(case, T, T_true):
     return float(np.linalg.norm(T.apply(pts) - T_true.apply(pts), axis=1).mean())
 
 
+@pytest.mark.slow
 def test_the_right_pose_passes(phantom):
     """Refined from the truth: PASS (or WARN on a view's similarity), never FAIL; the curvature figures
-    within bounds (measured on this case 0.97 / 1.29 mm after the full registration, about 1 / 2.0 mm
-    refined from the truth; bounds 2 / 3 mm)."""
+    within bounds (lesion / femur 0.86 / 1.22 mm on this case after the full registration; bounds 2 / 3 mm)."""
     case, views, T_true = phantom
     result = register_mri_to_fluoro(case.labels, views, FluoroOptions(pose=LOCAL, check_view_agreement=False),
                                     T_world_from_mri_init=T_true)
@@ -117,15 +117,17 @@ def test_the_right_pose_passes(phantom):
     assert _femur_error_mm(case, result.T_world_from_mri, T_true) < 1.0
 
 
+@pytest.mark.slow
 def test_a_pose_rotated_about_the_head_fails(phantom):
     """The truth rotated 20 degrees about the femoral head, locally re-optimised: it ends 2.9 mm (lesion) /
     7.9 mm (femur) off with per-view similarities 0.56 / 0.54 (the old gate: WARN); the curvature
-    gate FAILs it."""
+    gate FAILs it (the pose is not a maximum of the similarity at stride 2)."""
     case, views, T_true = phantom
     start = perturb(T_true, 20.0, 0.0, case.landmarks_ct["lesion_centroid"], seed=1201)
-    result = register_mri_to_fluoro(case.labels, views, FluoroOptions(pose=LOCAL, check_view_agreement=False),
+    settle = PoseOptions(**{**LOCAL.__dict__, "iterations": (40, 30)})  # long enough to settle in the wrong optimum
+    result = register_mri_to_fluoro(case.labels, views, FluoroOptions(pose=settle, check_view_agreement=False),
                                     T_world_from_mri_init=start)
     assert _femur_error_mm(case, result.T_world_from_mri, T_true) > 4.0  # the pose is truly wrong
-    assert min(result.similarity_per_view) > 0.5  # ... and the per-view similarity alone does not FAIL it
+    assert min(result.similarity_per_view.values()) > 0.5  # ... and the per-view similarity alone does not FAIL it
     assert result.qa.verdict == "FAIL", result.qa.to_dict()
     assert any(r.startswith("pose not") for r in result.qa.reasons), result.qa.reasons

@@ -127,13 +127,16 @@ def restart_check(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: Rig
 
 @dataclass(frozen=True)
 class CurvatureOptions:
-    #: detector stride (a level of the registration's schedule) at which the curvature is measured
-    stride: int = 1
+    #: detector stride (a level of the registration's schedule) at which the curvature is measured: the
+    #: level above the finest, whose blur smooths the full-resolution similarity's ripple (at stride 1 with
+    #: 0.5 deg / 0.5 mm steps a right pose can show a negative curvature from the ripple alone); a wrong
+    #: pose that is a local optimum of the finest level is usually not a maximum there
+    stride: int = 2
     #: a similarity drop (mean gradient correlation over views) the views cannot tell from noise
     drop: float = 0.01
     #: finite-difference steps of the gradient
-    step_deg: float = 0.5
-    step_mm: float = 0.5
+    step_deg: float = 1.0
+    step_mm: float = 1.0
     #: FAIL bounds (mm): how far the lesion / the femur (RMS over its surface) may move within ``drop``,
     #: and how far the quadratic model's peak may lie from the pose at the lesion
     max_lesion_mm: float = 2.0
