@@ -69,7 +69,7 @@ def test_verdicts_from_the_figures():
     assert "the femur could be rotated" in reasons[-1]
     assert curvature_verdict(Uncertainty(np.inf, np.inf, np.inf, -2e-4), opts, {}, reasons) == "FAIL"
     assert "not at a maximum" in reasons[-1]
-    assert curvature_verdict(Uncertainty(1.0, 1.0, 1.5, 3e-4), opts, {}, reasons) == "FAIL"
+    assert curvature_verdict(Uncertainty(1.0, 1.0, 3.0, 3e-4), opts, {}, reasons) == "FAIL"
     assert "not at the optimum" in reasons[-1]
     ro = RestartOptions()
     reasons = []
@@ -107,7 +107,7 @@ def _femur_error_mm(case, T, T_true):
 @pytest.mark.slow
 def test_the_right_pose_passes(phantom):
     """Refined from the truth: PASS (or WARN on a view's similarity), never FAIL; the curvature figures
-    within bounds (lesion / femur 0.86 / 1.22 mm on this case after the full registration; bounds 2 / 3 mm)."""
+    within bounds (lesion / femur 0.86 / 1.22 mm on this case after the full registration; bounds 2 / 4 mm)."""
     case, views, T_true = phantom
     result = register_mri_to_fluoro(case.labels, views, FluoroOptions(pose=LOCAL, check_view_agreement=False),
                                     T_world_from_mri_init=T_true)

@@ -140,8 +140,8 @@ class CurvatureOptions:
     #: FAIL bounds (mm): how far the lesion / the femur (RMS over its surface) may move within ``drop``,
     #: and how far the quadratic model's peak may lie from the pose at the lesion
     max_lesion_mm: float = 2.0
-    max_femur_mm: float = 3.0
-    max_shift_to_peak_mm: float = 1.0
+    max_femur_mm: float = 4.0
+    max_shift_to_peak_mm: float = 2.5
 
 
 @dataclass(frozen=True)
