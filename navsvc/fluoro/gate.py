@@ -175,8 +175,9 @@ def pose_uncertainty(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: 
     """Curvature of the registration's own similarity (at the level of ``options.stride``, outline band
     fixed at the pose) over the 6 pose parameters, by central differences of its gradient, propagated
     to the lesion and the femur (RMS over ``femur_points_mri``): see :class:`Uncertainty`."""
-    if options.stride not in pose.strides:
-        raise InputError(f"curvature check: stride {options.stride} is not a level of the registration {pose.strides}")
+    if options.stride not in pose.strides:  # e.g. a single-level schedule: that level's blur and band
+        pose = PoseOptions(strides=(options.stride,), iterations=(0,), smooth_px=pose.smooth_px[-1:],
+                           outline_band_px=pose.outline_band_px[-1:], n_samples=pose.n_samples, device=pose.device)
     level = pose.strides.index(options.stride)
     objective = ViewObjective(mu, [v.geometry for v in views], [v.line_integral for v in views],
                               T_world_from_mri, pose)
