@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out/fluoro.json"),
                    help="JSON result path (rewritten after every case, so a cut run keeps what it measured)")
     p.add_argument("--configs", default="two-view,single-view,one-start",
-                   help="comma-separated configurations to run (default all three)")
+                   help="comma-separated configurations to run (default the three registration ones); also "
+                        "rotated-head and other-mri (wrong poses the QA gate must FAIL)")
     p.add_argument("--real-ct", default="none", choices=("auto", "left", "right", "both", "none"),
                    help="also the real-CT case(s): femur side(s) to recover from the real CT's views; auto = the femur "
                         "with the screws (left); skipped with a message when ../shared/data/real-ct-pelvis is absent "
@@ -53,6 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "bone alone (default full)")
     p.add_argument("--real-ct-photons", type=float, default=2.0e4,
                    help="unattenuated photons per pixel of the real-CT views (default 2e4, as the phantoms)")
+    p.add_argument("--restart-check", action="store_true",
+                   help="also run the QA gate's restart check (six local optimisations about the femoral head; slow)")
+    p.add_argument("--wrong-deg", type=float, default=15.0,
+                   help="config rotated-head: the truth rotated this far about the femoral head (random axis), then "
+                        "locally re-optimised (default 15)")
+    p.add_argument("--real-ct-cheap", action="store_true",
+                   help="real-CT case with a cheap optimiser (3 starts, 40/30/20 iterations, 64 samples)")
     p.add_argument("--real-ct-pelvis", action="store_true",
                    help="render the hip bone label too in the model (it moves with the femur in this case)")
 
@@ -65,7 +73,18 @@ def _configs() -> dict[str, Any]:
         "single-view": (1, PoseOptions()),
         "one-start": (None, PoseOptions(strides=(1,), iterations=(160,), smooth_px=(1.0,), outline_band_px=(3.0,),
                                         n_starts=1, n_refine=1)),
+        # wrong poses: the truth rotated about the femoral head then locally re-optimised; the MRI of the next
+        # case registered to this case's views
+        "rotated-head": (None, _local()),
+        "other-mri": (None, PoseOptions()),
     }
+
+
+def _local() -> Any:
+    from navsvc.fluoro.pose import PoseOptions
+
+    return PoseOptions(strides=(2, 1), iterations=(40, 30), smooth_px=(1.0, 1.0), outline_band_px=(3.0, 3.0),
+                       n_starts=1, n_refine=1, start_iterations=0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from navsvc.fluoro.figures import femur_surface_points_mri
     from navsvc.fluoro.geometry import ViewGeometry
     from navsvc.fluoro.pose import perturb
     from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
@@ -91,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     for k in range(args.cases):
         seed = args.first_seed + k
         case = make_case(seed, preset=args.preset, modalities=("mri", "ct", "fluoro"))
+        other = make_case(seed + 1, preset=args.preset, modalities=("mri",)) if "other-mri" in configs else None
         views = [FluoroView(ViewGeometry.from_dict({**v.geometry, "name": v.geometry["view"]}),
                             sitk.GetArrayFromImage(v.image).astype(np.float32)) for v in case.fluoro or []]
         lesion_mri = case.landmarks_mri["lesion_centroid"]
@@ -98,18 +119,35 @@ def run(args: argparse.Namespace) -> int:
         T_true = RigidTransform(case.T_ct_from_mri_femur.matrix, WORLD, MRI)
         T_start = perturb(T_true, args.start_deg, args.start_mm, lesion_ct, seed=seed)
         start_tre = float(np.linalg.norm(T_start.apply(lesion_mri) - lesion_ct))
+        femur_mri = femur_surface_points_mri(case.labels, max_points=500)
         for name, (n_views, pose) in configs.items():
             use = views[:n_views] if n_views else views
+            labels, start = case.labels, T_start
+            if name == "rotated-head":
+                start = perturb(T_true, args.wrong_deg, 0.0, lesion_ct, seed=seed + 1000)
+            elif name == "other-mri":
+                labels = other.labels  # type: ignore[union-attr]
             t0 = time.perf_counter()
-            result = register_mri_to_fluoro(case.labels, use, FluoroOptions(pose=pose, check_view_agreement=False),
-                                            T_world_from_mri_init=T_start)
+            result = register_mri_to_fluoro(labels, use, FluoroOptions(pose=pose, check_view_agreement=False,
+                                                                       check_restarts=args.restart_check),
+                                            T_world_from_mri_init=start)
             seconds = time.perf_counter() - t0
-            tre = float(np.linalg.norm(result.T_world_from_mri.apply(lesion_mri) - lesion_ct))
+            T = result.T_world_from_mri
+            if name == "other-mri":  # no truth: another patient's femur
+                tre = femur_tre = float("nan")
+            else:
+                tre = float(np.linalg.norm(T.apply(lesion_mri) - lesion_ct))
+                femur_tre = float(np.linalg.norm(T.apply(femur_mri) - T_true.apply(femur_mri), axis=1).mean())
             rows.append({"case": f"{args.preset}-{seed}", "config": name, "views": len(use),
-                         "start_tre_mm": start_tre, "lesion_tre_mm": tre, "verdict": result.qa.verdict,
+                         "start_tre_mm": start_tre, "lesion_tre_mm": tre, "femur_tre_mean_mm": femur_tre,
+                         "verdict": result.qa.verdict, "reasons": list(result.qa.reasons),
+                         "qa_figures": dict(result.qa.figures), "timings_s": dict(result.timings_s),
                          "similarity": result.similarity_per_view, "seconds": seconds})
-            console.log(f"{args.preset}-{seed} {name}: lesion TRE {tre:.2f} mm (start {start_tre:.1f}), "
-                        f"{result.qa.verdict}, {seconds:.1f} s")
+            f = result.qa.figures
+            console.log(f"{args.preset}-{seed} {name}: lesion TRE {tre:.2f} mm (start {start_tre:.1f}), femur "
+                        f"{femur_tre:.2f} mm, {result.qa.verdict}, uncertainty lesion/femur "
+                        f"{f.get('pose_uncertainty_lesion_mm', float('nan')):.2f}/"
+                        f"{f.get('pose_uncertainty_femur_mm', float('nan')):.2f} mm, {seconds:.1f} s")
         _write(args, rows, _summary(rows, configs))
     summary = _summary(rows, configs)
     table = Table(title=f"fluoroscopy 2D/3D, {args.cases} {args.preset} cases, start {args.start_deg} deg / "
@@ -137,6 +175,7 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
     from rich.table import Table
 
     from navsvc.fluoro.attenuation import AttenuationOptions
+    from navsvc.fluoro.pose import PoseOptions
     from navsvc.fluoro.realct import RealCtViewOptions, make_real_ct_fluoro_case, recover
     from navsvc.fluoro.register import FluoroOptions
     from navsvc.registration.realct import find_data_dir
@@ -152,14 +191,18 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
     for k, side in enumerate(sides):
         fc = make_real_ct_fluoro_case(data_dir, side=side, options=RealCtViewOptions(
             content=args.real_ct_content, photons_per_pixel=args.real_ct_photons))
-        options = FluoroOptions(pose=_configs()["two-view"][1], check_view_agreement=False,
+        pose = PoseOptions(n_starts=3, n_refine=1, iterations=(40, 30, 20), n_samples=64) if args.real_ct_cheap \
+            else _configs()["two-view"][1]
+        options = FluoroOptions(pose=pose, check_view_agreement=False,
+                                check_restarts=args.restart_check,
                                 attenuation=AttenuationOptions(include_pelvis=args.real_ct_pelvis))
         row = recover(fc, options, start_deg=args.start_deg, start_mm=args.start_mm, seed=args.first_seed + k)
-        row.update(content=args.real_ct_content, model_pelvis=args.real_ct_pelvis, photons=args.real_ct_photons)
+        row.update(content=args.real_ct_content, model_pelvis=args.real_ct_pelvis, photons=args.real_ct_photons,
+                   cheap=args.real_ct_cheap)
         real_rows.append(row)
         console.log(f"{row['case']} two-view: head TRE {row['head_tre_mm']:.2f} mm (start {row['start_tre_mm']:.1f}), "
                     f"landmarks mean {row['landmark_tre_mean_mm']:.2f} / max {row['landmark_tre_max_mm']:.2f} mm, "
-                    f"{row['verdict']}, {row['seconds']:.1f} s")
+                    f"{row['verdict']} {row['reasons']}, {row['seconds']:.1f} s")
         _write(args, rows, summary, real_rows)
     table = Table(title=f"real pelvic CT ({args.real_ct_content} views, model pelvis {args.real_ct_pelvis}), AP + lateral, "
                         f"start {args.start_deg} deg / {args.start_mm} mm off")
@@ -179,6 +222,8 @@ def _summary(rows: list[dict[str, Any]], configs: dict[str, Any]) -> dict[str, A
         if not sel:
             continue
         tre = np.array([r["lesion_tre_mm"] for r in sel])
+        if not np.isfinite(tre).all():  # other-mri: no truth
+            tre = np.full(1, np.nan)
         verdicts = [r["verdict"] for r in sel]
         summary[name] = {"cases": len(sel), "tre_mean_mm": float(tre.mean()),
                          "tre_p95_mm": float(np.percentile(tre, 95)), "tre_max_mm": float(tre.max()),

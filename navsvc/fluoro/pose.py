@@ -146,6 +146,53 @@ def _start_offsets(n: int, spread_deg: float, seed: int) -> list[np.ndarray]:
     return offsets[:n]
 
 
+class ViewObjective:
+    """The optimiser's similarity of the views with the DRRs of ``mu`` at a pose given by 6 parameters
+    (rotation vector, rad, about ``centre_world`` = the volume's centre placed by the initial pose;
+    translation, mm) applied on top of ``T_world_from_mri_init``."""
+
+    def __init__(self, mu: sitk.Image, views: Sequence[ViewGeometry], images: Sequence[np.ndarray],
+                 T_world_from_mri_init: RigidTransform, options: PoseOptions) -> None:
+        self.options = options
+        self.views = list(views)
+        self.device = choose_device(options.device)
+        self.dtype = dtype = torch.float32
+        self.volume = AttenuationVolume.from_image(mu, device=self.device, dtype=dtype)
+        centre_mri, _ = self.volume.bounding_sphere()
+        self.T_init = torch.as_tensor(np.array(T_world_from_mri_init.matrix), dtype=dtype, device=self.device)
+        self.centre_world = T_world_from_mri_init.apply(centre_mri)
+        self.centre_world_t = torch.as_tensor(self.centre_world, dtype=dtype, device=self.device)
+        self.image_t = [torch.as_tensor(np.asarray(img, dtype=np.float32), device=self.device) for img in images]
+        # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
+        self.valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1,
+                                                         padding=2)[0, 0] for im in self.image_t]
+
+    def similarity(self, params: torch.Tensor, level: int, weights: list[torch.Tensor] | None
+                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(mean over views, per view, the weights used); ``weights`` None = the outline band of this pose."""
+        options, dtype = self.options, self.dtype
+        stride = options.strides[level]
+        drrs = render(self.volume, self.views, pose_from_params(params, self.T_init, self.centre_world_t),
+                      n_samples=options.n_samples, stride=stride)
+        sims = []
+        used = []
+        for i, drr in enumerate(drrs):
+            target = _block_mean(self.image_t[i], stride, tuple(drr.shape))
+            if weights is not None:
+                w = weights[i]
+            else:
+                valid = (_block_mean(self.valid_t[i], stride, tuple(drr.shape)) > 0.999).to(dtype)
+                band = options.outline_band_px[level]
+                if band > 0:
+                    w = _outline_weight(drr.detach(), max(1, round(band / stride))) * valid
+                else:
+                    w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
+            used.append(w)
+            sigma = options.smooth_px[level] / stride
+            sims.append(gradient_correlation(gaussian_blur(drr, sigma), gaussian_blur(target, sigma), w))
+        return torch.stack(sims).mean(), [s.detach() for s in sims], used
+
+
 def register_views(
     mu: sitk.Image,
     views: Sequence[ViewGeometry],
@@ -171,39 +218,9 @@ def register_views(
     if (T_world_from_mri_init.to_frame, T_world_from_mri_init.from_frame) != (WORLD, MRI):
         raise InputError(f"expected an initial T_world_from_mri, got {T_world_from_mri_init.name}")
     started = time.perf_counter()
-    device = choose_device(options.device)
-    dtype = torch.float32
-    volume = AttenuationVolume.from_image(mu, device=device, dtype=dtype)
-    centre_mri, _ = volume.bounding_sphere()
-    T_init = torch.as_tensor(np.array(T_world_from_mri_init.matrix), dtype=dtype, device=device)
-    centre_world = torch.as_tensor(T_world_from_mri_init.apply(centre_mri), dtype=dtype, device=device)
-    image_t = [torch.as_tensor(np.asarray(img, dtype=np.float32), device=device) for img in images]
-    # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
-    valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1, padding=2)[0, 0]
-               for im in image_t]
-
-    def similarity(params: torch.Tensor, level: int, weights: list[torch.Tensor] | None
-                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        stride = options.strides[level]
-        drrs = render(volume, views, pose_from_params(params, T_init, centre_world),
-                      n_samples=options.n_samples, stride=stride)
-        sims = []
-        used = []
-        for i, drr in enumerate(drrs):
-            target = _block_mean(image_t[i], stride, tuple(drr.shape))
-            if weights is not None:
-                w = weights[i]
-            else:
-                valid = (_block_mean(valid_t[i], stride, tuple(drr.shape)) > 0.999).to(dtype)
-                band = options.outline_band_px[level]
-                if band > 0:
-                    w = _outline_weight(drr.detach(), max(1, round(band / stride))) * valid
-                else:
-                    w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
-            used.append(w)
-            sigma = options.smooth_px[level] / stride
-            sims.append(gradient_correlation(gaussian_blur(drr, sigma), gaussian_blur(target, sigma), w))
-        return torch.stack(sims).mean(), [s.detach() for s in sims], used
+    objective = ViewObjective(mu, views, images, T_world_from_mri_init, options)
+    device, dtype = objective.device, objective.dtype
+    similarity = objective.similarity
 
     # Adam moves each parameter by about its learning rate per step whatever the gradient's scale,
     # so optimise in units of (lr_rotation_rad, lr_translation_mm) with a unit learning rate.
@@ -266,7 +283,7 @@ def register_views(
     finals.sort(key=lambda f: -f[0])
     _, params, history = finals[0]
     with torch.no_grad():
-        final_t = pose_from_params(torch.as_tensor(params, dtype=dtype, device=device), T_init, centre_world)
+        final_t = pose_from_params(torch.as_tensor(params, dtype=dtype, device=device), objective.T_init, objective.centre_world_t)
         _, sims, _ = similarity(torch.as_tensor(params, dtype=dtype, device=device), n_levels - 1, None)
     m = final_t.detach().cpu().double().numpy()
     # re-orthonormalise the float32 rotation

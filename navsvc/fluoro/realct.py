@@ -151,4 +151,5 @@ def recover(fc: RealCtFluoroCase, options: FluoroOptions | None = None, *, start
             "start_tre_mm": float(start_tre[head]), "head_tre_mm": float(tre[head]),
             "landmark_tre_mean_mm": float(tre.mean()), "landmark_tre_max_mm": float(tre.max()),
             "verdict": result.qa.verdict, "reasons": list(result.qa.reasons),
-            "similarity": result.similarity_per_view, "seconds": seconds}
+            "similarity": result.similarity_per_view, "qa_figures": dict(result.qa.figures), "seconds": seconds,
+            "T_world_from_mri": result.T_world_from_mri.matrix.tolist()}
