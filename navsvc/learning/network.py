@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURE = "navsvc-velocity-unet-poly"
 FORMAT_VERSION = 1
 #: margin around the femur of the deformable stage's region (deformable._deformable_stage)
-REGION_MARGIN_MM = 15.0
+REGION_MARGIN_MM = 15.0  # = navsvc.registration.deformable.GRID_MARGIN_MM (the weights header records it)
 INPUT_SPEC = "v2: ct01, mri01, femur_mri_rigid, MIND-SSC Gauss-Newton terms g (3), h (3), step (3), " \
              "MIND distance (1); ct01 = CT on the region grid (linear, -1000 outside), mri01 = MRI (fat shift " \
              "undone in the femur when known) resampled with T_mri_from_ct_rigid; both scaled to [0, 1] " \

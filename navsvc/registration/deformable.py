@@ -23,7 +23,8 @@ squares per iteration, with
 
 The field is then made a stationary velocity field on a CT-aligned grid around the femur
 (:func:`region_grid`, ``deformable_spacing_mm``, 15 mm margin), tapered to zero from 5 mm
-to 14 mm outside the femur so it vanishes at the grid border. ``T_mri_from_ct = T_rigid^-1
+to 14 mm outside the femur and over the last 10 mm before the grid border (where the femur
+leaves the CT's field of view), so it vanishes smoothly at the border. ``T_mri_from_ct = T_rigid^-1
 o exp(v)`` and ``T_ct_from_mri = exp(-v) o T_rigid`` by scaling and squaring (MONAI
 ``DVF2DDF``): invertible, with an inverse that agrees to ~0.01 mm.
 
@@ -81,6 +82,9 @@ SCALE_MM = 50.0
 #: the velocity is tapered from 1 to 0 between these distances (mm) outside the femur
 TAPER_MM = (5.0, 14.0)
 GRID_MARGIN_MM = 15.0
+#: the velocity also falls from 1 to 0 over this distance to the grid border (< GRID_MARGIN_MM, so the
+#: femur inside the CT keeps the whole field)
+BORDER_RAMP_MM = 10.0
 EDGE_MARGIN_MM = 4.0
 
 
@@ -422,8 +426,17 @@ def _taper(femur_grid: sitk.Image) -> F:
         sitk.Cast(femur_grid > 0.5, sitk.sitkUInt8), insideIsPositive=False, squaredDistance=False,
         useImageSpacing=True))
     w = np.clip((TAPER_MM[1] - dist) / (TAPER_MM[1] - TAPER_MM[0]), 0.0, 1.0)
-    w[0], w[-1], w[:, 0], w[:, -1], w[:, :, 0], w[:, :, -1] = 0, 0, 0, 0, 0, 0
-    return w
+    # where the femur leaves the grid (beyond the CT's field of view) the field must still fall
+    # to zero smoothly: a step at the border made exp(v) and exp(-v) disagree by 0.25 mm there
+    ramp = np.ones_like(w)
+    spacing = float(femur_grid.GetSpacing()[0])
+    for axis in range(3):
+        n = w.shape[axis]
+        from_border = np.minimum(np.arange(n), np.arange(n)[::-1]) * spacing
+        shape = [1, 1, 1]
+        shape[axis] = n
+        ramp = np.minimum(ramp, np.clip(from_border / BORDER_RAMP_MM, 0.0, 1.0).reshape(shape))
+    return w * ramp
 
 
 def deformable_stage(
