@@ -15,16 +15,13 @@ from navsvc.fluoro.gate import (
     Restart,
     RestartOptions,
     Uncertainty,
+    curvature_verdict,
     point_jacobian,
     restart_poses,
-)
-from navsvc.fluoro.pose import PoseOptions, perturb
-from navsvc.fluoro.register import (
-    FluoroOptions,
-    curvature_verdict,
-    register_mri_to_fluoro,
     restart_verdict,
 )
+from navsvc.fluoro.pose import PoseOptions, perturb
+from navsvc.fluoro.register import FluoroOptions, register_mri_to_fluoro
 from navsvc.frames import MRI, WORLD
 from navsvc.transforms import RigidTransform
 

@@ -24,7 +24,6 @@ case. A case of its own: its rows are not mixed into the phantom summary.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -235,8 +234,9 @@ def _summary(rows: list[dict[str, Any]], configs: dict[str, Any]) -> dict[str, A
 
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]], summary: dict[str, Any],
            real_ct: list[dict[str, Any]] | None = None) -> None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "fluoro", "args": {k: str(v) for k, v in vars(args).items()
-                                                                  if k != "func"},
-                                    "summary": summary, "rows": rows, "real_ct": real_ct or []}, indent=2) + "\n")
+    from navsvc.transforms import write_json_atomic
+
+    # atomic: the file is rewritten after every case, and a run cut mid-write must keep the last one
+    write_json_atomic(args.out, {"benchmark": "fluoro", "args": {k: str(v) for k, v in vars(args).items() if k != "func"},
+                                 "summary": summary, "rows": rows, "real_ct": real_ct or []})
 

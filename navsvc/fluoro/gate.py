@@ -13,6 +13,11 @@ Contract: :func:`restart_check` returns one :class:`Restart` per start, with the
 reached (mean over views, the optimiser's finest-level gradient correlation, 1 = identical) and
 how far it moved the lesion (mm) and the femur surface (mean over its points, mm) from the final
 pose. Pure function of its inputs (fixed starts, no randomness).
+
+The cheaper check, on by default: :func:`pose_uncertainty` measures the similarity's curvature at
+the final pose and turns it into how far the lesion and the femur could move unnoticed.
+:func:`curvature_verdict` and :func:`restart_verdict` turn either check's result into QA figures
+and FAIL reasons (used by :func:`navsvc.fluoro.register.register_mri_to_fluoro`).
 """
 
 from __future__ import annotations
@@ -218,3 +223,61 @@ def pose_uncertainty(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: 
 
     peak = np.linalg.solve(a, g0 * steps)  # in step units
     return Uncertainty(reach(m_lesion), reach(m_femur), float(np.linalg.norm(j_lesion @ peak)), min_curv)
+
+
+def curvature_verdict(unc: Uncertainty, options: CurvatureOptions, figures: dict[str, float],
+                      reasons: list[str]) -> str:
+    """FAIL when the curvature says the lesion or the femur is free to move beyond the bounds, or the pose
+    is not at a maximum of the similarity; else PASS. Adds figures (mm; curvature in units of the
+    finite-difference steps) and reasons in place."""
+    figures["pose_uncertainty_lesion_mm"] = unc.lesion_mm
+    figures["pose_uncertainty_femur_mm"] = unc.femur_mm
+    figures["lesion_shift_to_peak_mm"] = unc.lesion_shift_to_peak_mm
+    figures["similarity_min_curvature"] = unc.min_curvature
+    if not np.isfinite(unc.lesion_mm):
+        reasons.append("pose not determined: the similarity is not at a maximum at this pose (some rotation or "
+                       "shift of the femur fits the views as well or better); the pose may be wrong")
+        return "FAIL"
+    verdict = "PASS"
+    if unc.lesion_mm > options.max_lesion_mm or unc.femur_mm > options.max_femur_mm:
+        verdict = "FAIL"
+        reasons.append(f"pose not determined: the views let the lesion move {unc.lesion_mm:.1f} mm and the femur "
+                       f"{unc.femur_mm:.1f} mm (RMS) for a similarity drop of {options.drop:g} (bounds "
+                       f"{options.max_lesion_mm:g} / {options.max_femur_mm:g} mm): the femur could be rotated "
+                       "or shifted and still match the views")
+    if unc.lesion_shift_to_peak_mm > options.max_shift_to_peak_mm:
+        verdict = "FAIL"
+        reasons.append(f"pose not at the optimum: the similarity peaks {unc.lesion_shift_to_peak_mm:.1f} mm (at "
+                       f"the lesion) from this pose (bound {options.max_shift_to_peak_mm:g} mm)")
+    return verdict
+
+
+def restart_verdict(own_similarity: float, restarts: list[Restart], options: RestartOptions,
+                    figures: dict[str, float], reasons: list[str]) -> str:
+    """FAIL when a restart ends far from the final pose (lesion or femur moved > ``max_move_mm``) with a
+    similarity within ``margin`` of the final pose's or better; else PASS. Adds the figures (similarity
+    as the difference to the final pose's, moves in mm) and the reasons in place."""
+    figures["restart_similarity_final"] = own_similarity
+    verdict = "PASS"
+    rival_lesion_mm = rival_femur_mm = 0.0
+    for r in restarts:
+        gap = r.similarity - own_similarity
+        figures[f"restart_similarity_gap_{r.name}"] = gap
+        figures[f"restart_lesion_move_mm_{r.name}"] = r.lesion_move_mm
+        figures[f"restart_femur_move_mm_{r.name}"] = r.femur_move_mm
+        if not r.moved(options.max_move_mm) or gap < -options.margin:
+            continue
+        rival_lesion_mm = max(rival_lesion_mm, r.lesion_move_mm)
+        rival_femur_mm = max(rival_femur_mm, r.femur_move_mm)
+        verdict = "FAIL"
+        how = (f"restart {r.name} ({options.angle_deg:g} deg about the femoral head) ends at a pose "
+               f"{r.lesion_move_mm:.1f} mm (lesion) / {r.femur_move_mm:.1f} mm (femur, mean) away")
+        if gap > options.margin:
+            reasons.append(f"pose not optimal: {how} that fits the views better (similarity {r.similarity:.3f} "
+                           f"> {own_similarity:.3f}); the optimiser missed it")
+        else:
+            reasons.append(f"pose not determined: {how} that fits the views as well (similarity "
+                           f"{r.similarity:.3f} vs {own_similarity:.3f}): two poses fit the views equally well")
+    figures["rival_pose_lesion_move_mm"] = rival_lesion_mm
+    figures["rival_pose_femur_move_mm"] = rival_femur_mm
+    return verdict

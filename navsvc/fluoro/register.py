@@ -21,11 +21,11 @@ from navsvc.fluoro.drr import AttenuationVolume, pose_from_params, render
 from navsvc.fluoro.figures import femur_surface_points_mri
 from navsvc.fluoro.gate import (
     CurvatureOptions,
-    Restart,
     RestartOptions,
-    Uncertainty,
+    curvature_verdict,
     pose_uncertainty,
     restart_check,
+    restart_verdict,
 )
 from navsvc.fluoro.pose import PoseOptions, choose_device, gradient_correlation, register_views
 from navsvc.fluoro.views import FluoroView, check_views_consistent, isocentre_estimate
@@ -181,64 +181,6 @@ def register_mri_to_fluoro(
     progress("done", 1.0, f"verdict {verdict}")
     return FluoroResult(T, FluoroQA(verdict, reasons, figures), timings,
                         dict(zip(names, result.similarity_per_view, strict=True)))
-
-
-def curvature_verdict(unc: Uncertainty, options: CurvatureOptions, figures: dict[str, float],
-                      reasons: list[str]) -> str:
-    """FAIL when the curvature says the lesion or the femur is free to move beyond the bounds, or the pose
-    is not at a maximum of the similarity; else PASS. Adds figures (mm; curvature in units of the
-    finite-difference steps) and reasons in place."""
-    figures["pose_uncertainty_lesion_mm"] = unc.lesion_mm
-    figures["pose_uncertainty_femur_mm"] = unc.femur_mm
-    figures["lesion_shift_to_peak_mm"] = unc.lesion_shift_to_peak_mm
-    figures["similarity_min_curvature"] = unc.min_curvature
-    if not np.isfinite(unc.lesion_mm):
-        reasons.append("pose not determined: the similarity is not at a maximum at this pose (some rotation or "
-                       "shift of the femur fits the views as well or better); the pose may be wrong")
-        return "FAIL"
-    verdict = "PASS"
-    if unc.lesion_mm > options.max_lesion_mm or unc.femur_mm > options.max_femur_mm:
-        verdict = "FAIL"
-        reasons.append(f"pose not determined: the views let the lesion move {unc.lesion_mm:.1f} mm and the femur "
-                       f"{unc.femur_mm:.1f} mm (RMS) for a similarity drop of {options.drop:g} (bounds "
-                       f"{options.max_lesion_mm:g} / {options.max_femur_mm:g} mm): the femur could be rotated "
-                       "or shifted and still match the views")
-    if unc.lesion_shift_to_peak_mm > options.max_shift_to_peak_mm:
-        verdict = "FAIL"
-        reasons.append(f"pose not at the optimum: the similarity peaks {unc.lesion_shift_to_peak_mm:.1f} mm (at "
-                       f"the lesion) from this pose (bound {options.max_shift_to_peak_mm:g} mm)")
-    return verdict
-
-
-def restart_verdict(own_similarity: float, restarts: list[Restart], options: RestartOptions,
-                    figures: dict[str, float], reasons: list[str]) -> str:
-    """FAIL when a restart ends far from the final pose (lesion or femur moved > ``max_move_mm``) with a
-    similarity within ``margin`` of the final pose's or better; else PASS. Adds the figures (similarity
-    as the difference to the final pose's, moves in mm) and the reasons in place."""
-    figures["restart_similarity_final"] = own_similarity
-    verdict = "PASS"
-    rival_lesion_mm = rival_femur_mm = 0.0
-    for r in restarts:
-        gap = r.similarity - own_similarity
-        figures[f"restart_similarity_gap_{r.name}"] = gap
-        figures[f"restart_lesion_move_mm_{r.name}"] = r.lesion_move_mm
-        figures[f"restart_femur_move_mm_{r.name}"] = r.femur_move_mm
-        if not r.moved(options.max_move_mm) or gap < -options.margin:
-            continue
-        rival_lesion_mm = max(rival_lesion_mm, r.lesion_move_mm)
-        rival_femur_mm = max(rival_femur_mm, r.femur_move_mm)
-        verdict = "FAIL"
-        how = (f"restart {r.name} ({options.angle_deg:g} deg about the femoral head) ends at a pose "
-               f"{r.lesion_move_mm:.1f} mm (lesion) / {r.femur_move_mm:.1f} mm (femur, mean) away")
-        if gap > options.margin:
-            reasons.append(f"pose not optimal: {how} that fits the views better (similarity {r.similarity:.3f} "
-                           f"> {own_similarity:.3f}); the optimiser missed it")
-        else:
-            reasons.append(f"pose not determined: {how} that fits the views as well (similarity "
-                           f"{r.similarity:.3f} vs {own_similarity:.3f}): two poses fit the views equally well")
-    figures["rival_pose_lesion_move_mm"] = rival_lesion_mm
-    figures["rival_pose_femur_move_mm"] = rival_femur_mm
-    return verdict
 
 
 def view_disagreement_mm(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,

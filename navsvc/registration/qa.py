@@ -103,10 +103,10 @@ def gate(figures: dict[str, float], limits: QAThresholds, notes: list[str] | Non
     fail: list[str] = list(extra_fail or [])
     warn: list[str] = []
     g = figures.get
-    coarse = g("ct_voxel_max_mm")
-    coarse = coarse is not None and coarse > limits.coarse_ct_mm
+    voxel_mm = g("ct_voxel_max_mm")
+    coarse = voxel_mm is not None and voxel_mm > limits.coarse_ct_mm
     # on a coarse CT a surface or Dice failure may be the figure's own floor: say so
-    floor = (f" (on a CT with {g('ct_voxel_max_mm'):.1f} mm voxels this figure is limited by the voxel size "
+    floor = (f" (on a CT with {voxel_mm:.1f} mm voxels this figure is limited by the voxel size "
              "even for a correct registration)") if coarse else ""
 
     def check(value: Any) -> bool:
@@ -155,7 +155,7 @@ def gate(figures: dict[str, float], limits: QAThresholds, notes: list[str] | Non
         elif v > limits.tre_warn_mm:
             warn.append(f"landmark TRE max {v:.2f} mm > {limits.tre_warn_mm} mm")
     if coarse:
-        warn.append(f"CT voxels {g('ct_voxel_max_mm'):.1f} mm > {limits.coarse_ct_mm} mm: too coarse for the QA "
+        warn.append(f"CT voxels {voxel_mm:.1f} mm > {limits.coarse_ct_mm} mm: too coarse for the QA "
                     "figures to verify sub-millimetre accuracy (a fit 5 mm off scores the same); check landmarks "
                     f"with a tracked pointer or acquire the CT at <= {limits.coarse_ct_mm} mm")
     b, a = g("similarity_before"), g("similarity_after")
