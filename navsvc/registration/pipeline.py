@@ -84,6 +84,28 @@ def check_inputs(mri: sitk.Image, labels: sitk.Image, ct: sitk.Image, options: R
     return counts
 
 
+def _surfaces(labels: sitk.Image, ct: sitk.Image, options: RegistrationOptions
+              ) -> tuple[bone.Surface, sitk.Image, bone.Surface]:
+    """(MRI femur surface, CT bone mask, CT bone surface) as every stage and the QA use them."""
+    mri_surface = bone.label_surface(labels, bone.femur_values(options.labels))
+    # the head's joint surface touches the acetabulum: a CT cannot separate the two
+    mri_surface = bone.exclude_near(mri_surface, labels == options.labels.pelvis, options.joint_exclusion_mm)
+    ct_bone = bone.segment_ct_bone(ct, options.threshold_for(ct.GetSpacing()))
+    return mri_surface, ct_bone, bone.ct_bone_surface(ct, ct_bone)
+
+
+def gate_at_pose(mri: sitk.Image, labels: sitk.Image, ct: sitk.Image, T_ct_from_mri: RigidTransform,
+                 options: RegistrationOptions | None = None) -> QAReport:
+    """The QA gate's figures and verdict for a given rigid pose (no registration): what the gate
+    says of the truth, or of the truth moved by a known error, on a given CT."""
+    options = options or RegistrationOptions()
+    check_inputs(mri, labels, ct, options)
+    mri_surface, ct_bone, ct_surface = _surfaces(labels, ct, options)
+    return quality(mri, _femur_mask(labels, options), ct, ct_bone, mri_surface, ct_surface, T_ct_from_mri,
+                   T_ct_from_mri.inverse(), T_ct_from_mri, None, options, targets_mri=None, landmarks=None,
+                   notes=[], extra_fail=[])
+
+
 def _femur_mask(labels: sitk.Image, options: RegistrationOptions) -> sitk.Image:
     vals = bone.femur_values(options.labels)
     arr = np.isin(sitk.GetArrayViewFromImage(labels), vals).astype(np.uint8)
@@ -136,12 +158,8 @@ def register_mri_to_ct(
     progress("checks", 0.02, "inputs checked")
     femur_mri = _femur_mask(labels, options)
     with timer.stage("surfaces"):
-        mri_surface = bone.label_surface(labels, bone.femur_values(options.labels))
-        # the head's joint surface touches the acetabulum: a CT cannot separate the two
-        mri_surface = bone.exclude_near(mri_surface, labels == options.labels.pelvis, options.joint_exclusion_mm)
-        threshold_hu = options.threshold_for(ct.GetSpacing())
-        ct_bone = bone.segment_ct_bone(ct, threshold_hu)
-        ct_surface = bone.ct_bone_surface(ct, ct_bone)
+        mri_surface, ct_bone, ct_surface = _surfaces(labels, ct, options)
+    threshold_hu = options.threshold_for(ct.GetSpacing())
     stages["surface_points"] = {"mri": len(mri_surface), "ct": len(ct_surface), "bone_threshold_hu": threshold_hu}
     progress("surfaces", 0.08, f"bone surfaces: MRI {len(mri_surface)} points, CT {len(ct_surface)} points")
     if cancel:

@@ -131,3 +131,37 @@ def make_real_ct_case(
     lm_mri = {k: T_mri_from_ct.apply(v) for k, v in lm_ct.items()}
     return SyntheticCase(mri, sitk.Cast(labels, sitk.sitkUInt8), ct, T_ct_from_mri, lm_mri, lm_ct,
                          name=f"real-ct-{side}", extra={"side": side, "femur_ct": femur})
+
+
+#: known errors applied to the truth for :func:`gate_near_truth`: name -> (rotation about the femoral
+#: head, degrees about x, y, z; translation, mm)
+KNOWN_ERRORS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "truth": ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+    "shift 3 mm": ((0.0, 0.0, 0.0), (3.0, 0.0, 0.0)),
+    "shift 5 mm": ((0.0, 0.0, 0.0), (5.0, 0.0, 0.0)),
+    "rotate 10 deg": ((10.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+    "rotate 20 deg": ((20.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+}
+
+
+def gate_near_truth(case: SyntheticCase, options: object | None = None) -> dict[str, dict[str, object]]:
+    """What the QA gate says of the case's true pose and of the truth moved by each of
+    :data:`KNOWN_ERRORS` (rotations about the femoral head centre, ``landmarks_ct["lesion_center"]``):
+    per name, the mean landmark error that pose has (mm), the gate's verdict and its surface / Dice
+    figures. Shows whether the gate's figures can tell a right pose from a wrong one on this CT."""
+    from navsvc.registration.pipeline import gate_at_pose
+
+    names = sorted(case.landmarks_mri)
+    lm_mri = np.array([case.landmarks_mri[n] for n in names])
+    lm_ct = np.array([case.landmarks_ct[n] for n in names])
+    head = np.asarray(case.landmarks_ct["lesion_center"], dtype=np.float64)
+    out: dict[str, dict[str, object]] = {}
+    for name, (angles_deg, shift_mm) in KNOWN_ERRORS.items():
+        error = RigidTransform.from_euler_deg(angles_deg, shift_mm, CT, CT, center_mm=head)
+        T = error @ case.T_ct_from_mri_femur
+        report = gate_at_pose(case.mri, case.labels, case.ct, T, options)  # type: ignore[arg-type]
+        f = report.figures
+        out[name] = {"tre_mean_mm": float(np.linalg.norm(T.apply(lm_mri) - lm_ct, axis=1).mean()),
+                     "verdict": report.verdict,
+                     **{k: f.get(k) for k in ("surface_distance_mean_mm", "surface_distance_p95_mm", "femur_dice")}}
+    return out
