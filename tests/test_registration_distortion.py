@@ -20,7 +20,9 @@ from navsvc.frames import CT, MRI
 from navsvc.registration import RegistrationOptions, register_mri_to_ct
 from navsvc.registration.bone import Surface
 from navsvc.registration.deformable import (
+    CrossValidation,
     PolynomialField,
+    acceptance,
     cross_validate_fit,
     deformable_stage,
     fit_surface_polynomial,
@@ -188,6 +190,32 @@ def test_distorted_phantom_field_beats_rigid_and_is_low_order(distorted):
     aff = PolynomialField.fit(x, du, x.mean(0), 1)
     assert np.abs(aff(x) - du).max() < 0.2
     assert 0.3 < np.abs(du).max() < 2.5
+
+
+def _cv(gain: float, significance: float = 2.0) -> CrossValidation:
+    return CrossValidation(significance, 0.4, 0.4 / significance, gain, [gain] * 20)
+
+
+@pytest.mark.parametrize(
+    ("gain_cv", "gain_mi", "significance", "max_mm", "evidence", "kept"),
+    [
+        (0.036, -0.022, 2.1, 1.0, "surface", True),  # small-distorted-104: surface evidence, MI falls a little
+        (0.0005, -0.015, 1.2, 0.8, None, False),  # the ablation's undistorted small-101: +0.05 % is noise
+        (-0.029, 0.0023, 1.5, 1.0, "mi", True),  # small-distorted-101: surface says -2.9 %, MI rises
+        (-0.08, 0.0002, 2.0, 1.0, None, False),  # MI rises but the surface contradicts the field
+        (-0.005, 0.0002, 0.6, 0.5, "mi", False),  # cbct-114: MI route, but the field is within its error
+        (0.21, -0.050, 2.7, 1.5, "surface", True),  # the ablation's small-distorted-102: MI -5 % is no veto
+        (0.21, -0.12, 2.7, 1.5, "surface", False),  # ... -12 % is
+        (0.05, 0.01, 3.0, 2.7, "surface", False),  # too large for a distortion of bone
+    ],
+)
+def test_acceptance_rule(gain_cv, gain_mi, significance, max_mm, evidence, kept):
+    """Either the held-out surface (> 0.5 %) or the femur's MI (rising, surface loss <= 5 %) must
+    vouch for the field; it must exceed its jackknife error; MI may fall by <= 10 %; <= 2.5 mm."""
+    got_evidence, reasons = acceptance(_cv(gain_cv, significance), gain_mi, max_mm, RegistrationOptions())
+    assert got_evidence == evidence
+    assert (not reasons) == kept, reasons
+    assert acceptance(None, 0.01, 1.0, RegistrationOptions())[1]  # nothing to cross-validate: rejected
 
 
 @pytest.mark.slow
