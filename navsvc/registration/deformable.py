@@ -44,8 +44,8 @@ fit) and predicts it (:func:`cross_validate_fit`). Two routes of evidence, eithe
   ``deformable_min_cv_gain`` (0.5 %: spurious fields on undistorted phantoms reached +0.05 %);
 * intensity: the femur's mutual information (fat shift undone where known) rises with the
   field, while the held-out surface loses at most ``deformable_mi_route_max_cv_loss`` (5 %). The
-  rigid pose is MI's optimum over rigid poses, so a field fitted to noise lowers MI (it did on 12
-  of 13 undistorted phantom fits, +0.02 % the exception); on small-distorted-101 the surface
+  rigid pose is MI's optimum over rigid poses, so a field fitted to noise lowers MI (it did on 15
+  of 16 undistorted phantom fits, +0.02 % the exception); on small-distorted-101 the surface
   evidence was -2.9 % for a field that cuts the max TRE from 1.24 to 0.74 mm and MI rose.
 
 And always: the field is larger than its own uncertainty (rms over the surface of the field >=
