@@ -496,4 +496,7 @@ def intensity_refine(
     if cancel is not None:
         cancel.check()
     after = method.MetricEvaluate(fixed, moving)
+    log.debug("intensity_refine: %d iterations, %d region voxels at %s mm (%s)", method.GetOptimizerIteration(),
+              int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))), mask.GetSpacing(),
+              method.GetOptimizerStopConditionDescription())
     return tx, float(before), float(after)
