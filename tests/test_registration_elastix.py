@@ -2,7 +2,7 @@
 
 The analytic phantom's true pose (20 degrees, 35 mm) is far from the identity, so a start read
 in the wrong direction (``T_ct_from_mri`` where elastix wants ``T_mri_from_ct``) or dropped
-would land tens of mm off: the tolerances below (measured values ~1e-6 mm and ~0.05 mm) catch it.
+would land tens of mm off: the tolerances below (measured: exact, and 0.09-0.10 mm mean) catch it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_start_with_no_iterations_is_returned_exactly(case):
 def test_start_at_the_truth_stays_at_the_truth(case):
     T = _register(case, case.T_ct_from_mri_femur, FAST)
     tre = _tre(case, T)
-    assert tre.max() < 0.3, tre  # measured 0.05 mean / 0.08 max mm
+    assert tre.max() < 0.3, tre  # measured 0.09-0.10 mean / 0.11-0.12 max mm
 
 
 def test_start_near_the_truth_converges_to_it(case):
@@ -66,7 +66,7 @@ def test_start_near_the_truth_converges_to_it(case):
                                                                     center_mm=case.landmarks_mri["head_center"])
     assert _tre(case, near).mean() > 2.5
     tre = _tre(case, _register(case, near, FAST))
-    assert tre.max() < 0.3, tre  # measured 0.05 mean / 0.08 max mm
+    assert tre.max() < 0.3, tre  # measured 0.09-0.10 mean / 0.11-0.12 max mm
 
 
 def test_start_and_bspline_are_refused(case):
