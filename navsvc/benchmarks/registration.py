@@ -5,7 +5,14 @@ process, one after the other. Per method: TRE over the femur landmarks (mean / p
 all landmarks of all cases), lesion Dice on the CT grid, success rate (max TRE < 2 mm), wall
 time and peak resident memory above the starting level (sampled every 20 ms). With the
 real-CT data present, one more case registers an MRI-like image synthesised from the real
-CT's masks (see :mod:`navsvc.registration.realct`). Prints a table, writes JSON.
+CT's masks (see :mod:`navsvc.registration.realct`). Prints a table, writes JSON (per case
+also the per-stage wall ``timings_s`` and process CPU ``cpu_s``).
+
+``elastix-rigid-masks-oracle-start`` is a reference, not a competitor: careful masked rigid
+elastix started from the case's true femur pose moved by 3 mm / 3 degrees
+(:func:`navsvc.registration.validation_methods.oracle_start`); it shows what that
+configuration reaches and costs where it converges. It is skipped on the real-CT case (no
+true femur pose to start from there).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated phantom presets, cycled over the cases")
     p.add_argument("--first-seed", type=int, default=100)
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated: rigid, navsvc, elastix-default, elastix-rigid, elastix")
+                   help="comma-separated: rigid, navsvc, elastix-default, elastix-rigid, elastix-rigid-masks, "
+                        "elastix, elastix-rigid-masks-oracle-start (a reference started near the truth)")
     p.add_argument("--real-ct", default="auto",
                    help="real-CT folder (shared/data/real-ct-pelvis), 'auto' to look for it, 'none' to skip")
     p.add_argument("--out", type=Path, default=Path("out/bench-registration"), help="output folder for the JSON")
@@ -68,11 +76,11 @@ class _PeakRSS:
 
 
 def _run_method(case: Any, name: str) -> dict[str, Any]:
-    from navsvc.registration.validation_methods import METHOD_OPTIONS, run_case
+    from navsvc.registration.validation_methods import run_method
     from phantoms.validate import evaluate_case
 
     with _PeakRSS() as mem:
-        r = evaluate_case(case, lambda c: run_case(c, METHOD_OPTIONS[name]))
+        r = evaluate_case(case, lambda c: run_method(c, name))
     r.pop("_label_maps", None)
     extra = r.pop("extra", {}) or {}
     T_rigid = extra.get("T_ct_from_mri_rigid")
@@ -88,6 +96,9 @@ def _run_method(case: Any, name: str) -> dict[str, Any]:
     r["notes"] = extra.get("notes")
     r["timings_s"] = extra.get("timings_s")
     r["deformable"] = (extra.get("stages") or {}).get("deformable")
+    r["cpu_s"] = (extra.get("stages") or {}).get("cpu_s")
+    if "oracle_start" in extra:
+        r["oracle_start"] = extra["oracle_start"]
     r["peak_memory_mb"] = mem.above_start_mb
     return r
 
@@ -159,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from navsvc.errors import ConfigError
-    from navsvc.registration.validation_methods import METHOD_OPTIONS
+    from navsvc.registration.validation_methods import METHOD_OPTIONS, ORACLE_START_METHODS
 
     unknown = [m for m in methods if m not in METHOD_OPTIONS]
     if unknown:
@@ -193,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         if case is not None:
             console.print(f"[bold]real CT[/] {case.name}: bone segmentation {real_seg}")
             for m in methods:
+                if m in ORACLE_START_METHODS:
+                    continue  # needs the true femur pose of a phantom
                 r = _run_method(case, m)
                 real[m] = r
                 tre = r.get("tre", {})

@@ -16,6 +16,15 @@ Configurations:
   8 mm apart (phantom cbct-103: lost at 43 mm with it, 0.12 mm without); all CT bone as fixed
   mask pulled it towards the pelvis.
 
+A start (``initial_T_ct_from_mri``): elastix begins from that pose instead of its own
+geometric-centre initialisation (itk-elastix's external initial transform, fixed = CT to
+moving = MRI, composed before the rigid stage; the result is read back from elastix's
+combination transform, so it is the whole ``T_mri_from_ct`` including the start). The
+benchmark's ``elastix-rigid-masks-oracle-start`` gives it the case's true femur pose moved by
+a small known error: not something a user has, but it shows what careful elastix reaches and
+costs where it converges (:mod:`navsvc.registration.validation_methods`).
+``overrides`` replaces entries of the rigid parameter map (e.g. more iterations or samples).
+
 The B-spline stage (``bspline=True``) uses elastix's default B-spline map with a 20 mm final
 grid and the same masks; its result is returned as a dense displacement field on the CT grid.
 """
@@ -27,7 +36,9 @@ import logging
 import itk
 import numpy as np
 import SimpleITK as sitk
+from numpy.typing import NDArray
 
+from navsvc.errors import ConfigError
 from navsvc.frames import CT, MRI
 from navsvc.transforms import RigidTransform, Transform
 
@@ -68,6 +79,33 @@ def _rigid_map(params: itk.ParameterObject, config: str, iterations: int | None)
     return m
 
 
+def _itk_affine(T_mri_from_ct: RigidTransform) -> itk.Transform:
+    """``T_mri_from_ct`` as an ITK affine transform (maps CT points to MRI points, LPS mm)."""
+    tx = itk.AffineTransform[itk.D, 3].New()
+    tx.SetMatrix(itk.matrix_from_array(np.asarray(T_mri_from_ct.rotation, dtype=np.float64)))
+    tx.SetTranslation([float(v) for v in T_mri_from_ct.translation_mm])
+    return tx
+
+
+def _fit_rigid(tx: itk.Transform, points_mm: NDArray[np.float64]) -> RigidTransform:
+    """The rigid ``T_mri_from_ct`` that ``tx`` (fixed = CT -> moving = MRI points) is, from its
+    action on ``points_mm`` (N >= 4, not coplanar; least squares, exact for a rigid ``tx``)."""
+    mapped = np.array([tx.TransformPoint([float(c) for c in p]) for p in points_mm], dtype=np.float64)
+    a = np.hstack([points_mm, np.ones((len(points_mm), 1))])
+    sol, *_ = np.linalg.lstsq(a, mapped, rcond=None)
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = sol[:3].T, sol[3]
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    m[:3, :3] = u @ vt  # remove rounding: elastix's Euler transform is a rotation
+    return RigidTransform(m, MRI, CT)
+
+
+def _corners_mm(image: sitk.Image) -> NDArray[np.float64]:
+    size = image.GetSize()
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(i), float(j), float(k)])
+                     for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+
+
 def _bspline_map(params: itk.ParameterObject) -> dict[str, list[str]]:
     m = params.GetDefaultParameterMap("bspline")
     m["FinalGridSpacingInPhysicalUnits"] = ["20.0"]
@@ -90,15 +128,25 @@ def elastix_register(
     iterations: int | None = None,
     threads: int | None = None,
     use_fixed_mask: bool = False,
+    initial_T_ct_from_mri: RigidTransform | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> tuple[RigidTransform, Transform | None]:
     """Run elastix (fixed = CT, moving = MRI).
 
     Returns (``T_ct_from_mri`` of the rigid stage, ``T_mri_from_ct`` of rigid + B-spline as
     a displacement-field :class:`Transform` on the CT grid, or None without ``bspline``).
-    Masks are used only by the ``careful`` configuration.
+    Masks are used only by the ``careful`` configuration. ``initial_T_ct_from_mri``: start
+    from this pose (no automatic initialisation); ``overrides``: rigid-map entries to replace.
     """
+    if initial_T_ct_from_mri is not None and bspline:
+        raise ConfigError("elastix with a given start: expected the rigid stage only, got bspline=True")
     params = itk.ParameterObject.New()
-    params.AddParameterMap(_rigid_map(params, config, iterations))
+    rigid_params = _rigid_map(params, config, iterations)
+    if initial_T_ct_from_mri is not None:
+        rigid_params["AutomaticTransformInitialization"] = ["false"]
+    for key, value in (overrides or {}).items():
+        rigid_params[key] = [str(value)]
+    params.AddParameterMap(rigid_params)
     if bspline:
         params.AddParameterMap(_bspline_map(params))
     method = itk.ElastixRegistrationMethod.New(to_itk(ct), to_itk(mri))
@@ -106,6 +154,8 @@ def elastix_register(
     method.SetLogToConsole(False)
     if threads:
         method.SetNumberOfThreads(int(threads))
+    if initial_T_ct_from_mri is not None:
+        method.SetExternalInitialTransform(_itk_affine(initial_T_ct_from_mri.inverse()))
     if config == "careful":
         if moving_mask is not None:
             method.SetMovingMask(to_itk(moving_mask, np.uint8))
@@ -113,6 +163,9 @@ def elastix_register(
             method.SetFixedMask(to_itk(fixed_mask, np.uint8))
     method.Update()
     result = method.GetTransformParameterObject()
+    if initial_T_ct_from_mri is not None:
+        # the combination transform is the start followed by the rigid stage
+        return _fit_rigid(method.GetCombinationTransform(), _corners_mm(ct)).inverse(), None
     rigid_map = result.GetParameterMap(0)
     angles_t = [float(v) for v in rigid_map["TransformParameters"]]
     center = [float(v) for v in rigid_map["CenterOfRotationPoint"]]

@@ -133,6 +133,8 @@ def register_mri_to_ct(
     targets_mri: F | None = None,
     landmarks: tuple[F, F] | None = None,
     ct_femur_mask: sitk.Image | None = None,
+    elastix_start: RigidTransform | None = None,
+    elastix_overrides: dict[str, str] | None = None,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
 ) -> RegistrationResult:
@@ -143,6 +145,9 @@ def register_mri_to_ct(
     land inside the CT. ``landmarks``: (points in the MRI (N, 3), the same points in the CT
     (N, 3)), for the QA's TRE. ``ct_femur_mask`` (CT grid, femur > 0): only the elastix
     methods use it, as the fixed mask a user who segmented the CT would give; navsvc never does.
+    ``elastix_start`` (``T_ct_from_mri``) and ``elastix_overrides`` (rigid parameter-map entries):
+    elastix methods only, a start instead of elastix's own initialisation and changed settings
+    (the benchmark's oracle-start reference, :mod:`navsvc.registration.validation_methods`).
 
     Returns ``T_ct_from_mri`` (maps MRI points to CT points; move targets with it) and
     ``T_mri_from_ct`` (``I_mri(T_mri_from_ct(x)) ~ I_ct(x)``; resample the MRI with it), QA
@@ -172,7 +177,8 @@ def register_mri_to_ct(
     rigid: RigidTransform = RigidTransform.identity(CT, MRI)
     try:
         if options.method.startswith("elastix"):
-            rigid, deformed = _elastix(mri, femur_mri, ct, ct_femur_mask, options, timer, progress)
+            rigid, deformed = _elastix(mri, femur_mri, ct, ct_femur_mask, options, timer, progress,
+                                       start=elastix_start, overrides=elastix_overrides)
             T_ct_from_mri, T_mri_from_ct = rigid, rigid.inverse()
             if deformed is not None:
                 T_mri_from_ct = deformed
@@ -243,7 +249,8 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
     with timer.stage("rigid_surface"):
         grid = rigid_mod.rank_grid(ct)
     with timer.stage("rigid_image"):
-        image_start = rigid_mod.image_rigid(mri, ct, seed=options.seed, cancel=cancel)
+        # on the rank grid: a fine CT is smoothed and resampled to 2 mm once, for both
+        image_start = rigid_mod.image_rigid(mri, grid.ct, seed=options.seed, cancel=cancel)
     with timer.stage("rigid_surface"):
         fit = rigid_mod.surface_rigid(mri_surface, ct_surface, voxel_mm=options.surface_voxel_mm,
                                       seed=options.seed, n_starts=options.ransac_starts,
@@ -277,7 +284,8 @@ def _navsvc_rigid(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, mri_su
 
 
 def _elastix(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_femur: sitk.Image | None,
-             options: RegistrationOptions, timer: _Timer, progress: ProgressFn) -> tuple[RigidTransform, Transform | None]:
+             options: RegistrationOptions, timer: _Timer, progress: ProgressFn, *, start: RigidTransform | None = None,
+             overrides: dict[str, str] | None = None) -> tuple[RigidTransform, Transform | None]:
     from navsvc.registration.elastix import elastix_register
 
     moving_mask = sitk.BinaryDilate(femur_mri, [max(1, int(round(5.0 / s))) for s in mri.GetSpacing()])
@@ -289,7 +297,8 @@ def _elastix(mri: sitk.Image, femur_mri: sitk.Image, ct: sitk.Image, ct_femur: s
             rigid, deformed = elastix_register(ct, mri, moving_mask=moving_mask, fixed_mask=fixed_mask,
                                                config=options.elastix_config,
                                                bspline=options.method == "elastix" and options.elastix_bspline,
-                                               threads=options.threads, use_fixed_mask=fixed_mask is not None)
+                                               threads=options.threads, use_fixed_mask=fixed_mask is not None,
+                                               initial_T_ct_from_mri=start, overrides=overrides)
         except RuntimeError as exc:  # elastix stops with an internal error (e.g. too few samples)
             raise RegistrationFailed(f"elastix stopped: {str(exc).strip().splitlines()[-1]}") from exc
     progress("elastix", 0.9, "elastix done")
