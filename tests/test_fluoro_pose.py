@@ -72,17 +72,20 @@ def scene(femur_labels):
     return T_true, views, images, iso
 
 
-FAST = PoseOptions(n_starts=1, n_refine=1)
+#: a local optimisation (no search, one start) for the tests that start at or near the truth
+FAST = PoseOptions(n_starts=1, n_refine=1, search_translation_mm=0.0)
 
 
+@pytest.mark.slow
 def test_two_views_recover_the_pose_within_a_millimetre(femur_labels, scene):
-    """One start, the product's levels: measured 0.69 mm (the observed femur is finer and uncut, the
-    model is the cut, 3.5 mm-slice label); 1.0 mm is the issue's goal."""
+    """The product's options (search, 3 candidates refined, rotations about the lesion): measured 0.11 mm
+    (the observed femur is finer and uncut, the model is the cut, 3.5 mm-slice label; with one candidate
+    refined 1.9 mm); 1.0 mm is the issue's goal."""
     T_true, views, images, iso = scene
     mu = bone_attenuation(femur_labels)
     T_start = perturb(T_true, 10.0, 10.0, iso, seed=1)
     assert np.linalg.norm(T_start.apply(LESION) - T_true.apply(LESION)) > 5.0
-    result = register_views(mu, views, images, T_start, FAST)
+    result = register_views(mu, views, images, T_start, PoseOptions(), rotation_centre_mri=LESION)
     tre_mm = np.linalg.norm(result.T_world_from_mri.apply(LESION) - T_true.apply(LESION))
     assert tre_mm < 1.0, tre_mm
     assert min(result.similarity_per_view) > 0.8
