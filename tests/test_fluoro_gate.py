@@ -27,7 +27,7 @@ from navsvc.transforms import RigidTransform
 
 #: a local re-optimisation (the registration's two finest levels, one start)
 LOCAL = PoseOptions(strides=(2, 1), iterations=(20, 5), smooth_px=(1.0, 1.0), outline_band_px=(3.0, 3.0),
-                    n_starts=1, n_refine=1, start_iterations=0)
+                    n_starts=1, n_refine=1, start_iterations=0, search_translation_mm=0.0)
 
 
 def test_point_jacobian_matches_a_small_rotation_about_the_centre():

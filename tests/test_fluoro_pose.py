@@ -72,17 +72,20 @@ def scene(femur_labels):
     return T_true, views, images, iso
 
 
-FAST = PoseOptions(n_starts=1, n_refine=1)
+#: a local optimisation (no search, one start) for the tests that start at or near the truth
+FAST = PoseOptions(n_starts=1, n_refine=1, search_translation_mm=0.0)
 
 
+@pytest.mark.slow
 def test_two_views_recover_the_pose_within_a_millimetre(femur_labels, scene):
-    """One start, the product's levels: measured 0.69 mm (the observed femur is finer and uncut, the
-    model is the cut, 3.5 mm-slice label); 1.0 mm is the issue's goal."""
+    """The product's options (search, 3 candidates refined, rotations about the lesion): measured 0.11 mm
+    (the observed femur is finer and uncut, the model is the cut, 3.5 mm-slice label; with one candidate
+    refined 1.9 mm); 1.0 mm is the issue's goal."""
     T_true, views, images, iso = scene
     mu = bone_attenuation(femur_labels)
     T_start = perturb(T_true, 10.0, 10.0, iso, seed=1)
     assert np.linalg.norm(T_start.apply(LESION) - T_true.apply(LESION)) > 5.0
-    result = register_views(mu, views, images, T_start, FAST)
+    result = register_views(mu, views, images, T_start, PoseOptions(), rotation_centre_mri=LESION)
     tre_mm = np.linalg.norm(result.T_world_from_mri.apply(LESION) - T_true.apply(LESION))
     assert tre_mm < 1.0, tre_mm
     assert min(result.similarity_per_view) > 0.8
@@ -136,14 +139,10 @@ def test_register_mri_to_fluoro_passes_from_15_degrees_and_15_mm_off(femur_label
                                     T_world_from_mri_init=T_start)
     tre_mm = np.linalg.norm(result.T_world_from_mri.apply(LESION) - T_true.apply(LESION))
     print("tre_mm", tre_mm, result.qa.verdict, result.qa.reasons, result.qa.figures)
-    # measured 1.31 mm since the outline-band similarity and the label attenuation in excess of
-    # soft tissue (0.2-1.0 mm on the phantom's own views, docs/benchmarks.md); < 0.5 before them
-    assert tre_mm < 1.5, tre_mm
-    # the per-view similarity and the view agreement pass; the curvature check (navsvc.fluoro.gate, stride 2)
-    # FAILs this 1.3 mm result as "not at a maximum" (the cut 3.5 mm-slice model against the finer, uncut
-    # femur of the views): a conservative false alarm, recorded in docs/fluoroscopy.md
-    others = [r for r in result.qa.reasons if not r.startswith("pose not")]
-    assert not others, result.qa.reasons
+    # measured 0.31 mm, PASS, with the pose search (rotations about the lesion); the optimiser before it
+    # ended 1.31 mm off and the curvature check FAILed that pose as "not at a maximum"
+    assert tre_mm < 1.0, tre_mm
+    assert result.qa.verdict in ("PASS", "WARN") and not result.qa.reasons, result.qa.reasons
     assert result.qa.figures["disagreement_mm_ap"] < 1.0
 
 

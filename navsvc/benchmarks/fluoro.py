@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="config rotated-head: the truth rotated this far about the femoral head (random axis), then "
                         "locally re-optimised (default 15)")
     p.add_argument("--real-ct-cheap", action="store_true",
-                   help="real-CT case with a cheap optimiser (3 starts, 40/30/20 iterations, 64 samples)")
+                   help="real-CT case with a cheap optimiser (the search, 1 candidate refined, 40/20 iterations, 64 samples)")
     p.add_argument("--real-ct-pelvis", action="store_true",
                    help="render the hip bone label too in the model (it moves with the femur in this case)")
 
@@ -71,7 +71,7 @@ def _configs() -> dict[str, Any]:
         "two-view": (None, PoseOptions()),
         "single-view": (1, PoseOptions()),
         "one-start": (None, PoseOptions(strides=(1,), iterations=(160,), smooth_px=(1.0,), outline_band_px=(3.0,),
-                                        n_starts=1, n_refine=1)),
+                                        n_starts=1, n_refine=1, search_translation_mm=0.0)),
         # wrong poses: the truth rotated about the femoral head then locally re-optimised; the MRI of the next
         # case registered to this case's views
         "rotated-head": (None, _local()),
@@ -83,7 +83,7 @@ def _local() -> Any:
     from navsvc.fluoro.pose import PoseOptions
 
     return PoseOptions(strides=(2, 1), iterations=(40, 30), smooth_px=(1.0, 1.0), outline_band_px=(3.0, 3.0),
-                       n_starts=1, n_refine=1, start_iterations=0)
+                       n_starts=1, n_refine=1, start_iterations=0, search_translation_mm=0.0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +190,7 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
     for k, side in enumerate(sides):
         fc = make_real_ct_fluoro_case(data_dir, side=side, options=RealCtViewOptions(
             content=args.real_ct_content, photons_per_pixel=args.real_ct_photons))
-        pose = PoseOptions(n_starts=3, n_refine=1, iterations=(40, 30, 20), n_samples=64) if args.real_ct_cheap \
+        pose = PoseOptions(n_refine=1, iterations=(40, 20), n_samples=64) if args.real_ct_cheap \
             else _configs()["two-view"][1]
         options = FluoroOptions(pose=pose, check_view_agreement=False,
                                 check_restarts=args.restart_check,

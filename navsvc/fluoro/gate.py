@@ -98,7 +98,7 @@ def restart_options(pose: PoseOptions, options: RestartOptions, iterations: tupl
         raise InputError(f"restart check: strides {missing} are not levels of the registration {pose.strides}")
     idx = [pose.strides.index(s) for s in options.strides]
     return PoseOptions(strides=tuple(options.strides), iterations=tuple(iterations or options.iterations),
-                       start_iterations=0, n_samples=pose.n_samples, n_starts=1, n_refine=1,
+                       start_iterations=0, n_samples=pose.n_samples, n_starts=1, n_refine=1, search_translation_mm=0.0,
                        smooth_px=tuple(pose.smooth_px[i] for i in idx),
                        outline_band_px=tuple(pose.outline_band_px[i] for i in idx),
                        lr_rotation_rad=pose.lr_rotation_rad, lr_translation_mm=pose.lr_translation_mm,

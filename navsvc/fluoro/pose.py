@@ -32,12 +32,15 @@ from navsvc.transforms import RigidTransform, rotation_matrix_from_axis_angle
 
 @dataclass(frozen=True)
 class PoseOptions:
-    strides: tuple[int, ...] = (4, 2, 1)
-    iterations: tuple[int, ...] = (80, 50, 30)
+    #: detector strides of the levels (stride 4, 20 x 20 px on the phantoms, was dropped: its similarity
+    #: scored wrong poses above the truth and pulled a right translation 9 mm away)
+    strides: tuple[int, ...] = (2, 1)
+    iterations: tuple[int, ...] = (60, 30)
     start_iterations: int = 30
     n_samples: int = 96
     n_starts: int = 7
-    n_refine: int = 2
+    #: candidates (best of the search, or of the starts) refined through every level; the most similar wins
+    n_refine: int = 3
     start_spread_deg: float = 8.0
     lr_rotation_rad: float = 0.01
     lr_translation_mm: float = 1.0
@@ -45,11 +48,21 @@ class PoseOptions:
     device: str = "auto"
     #: per level: Gaussian blur (sigma, full-resolution detector pixels) of DRR and image before the
     #: gradients; wide at the coarse level for capture range, narrow at the end for precision
-    smooth_px: tuple[float, ...] = (2.0, 1.0, 1.0)
+    smooth_px: tuple[float, ...] = (1.0, 1.0)
     #: per level: compare only a band of this half-width (full-resolution pixels) about the femur's
     #: projected outline, where the label model is right; 0 = the whole dilated footprint, which
     #: also holds the marrow, lesion and overlapping pelvis the label model does not render
-    outline_band_px: tuple[float, ...] = (6.0, 3.0, 3.0)
+    outline_band_px: tuple[float, ...] = (3.0, 3.0)
+    #: pose search before the local optimisation (0 = off: local refinements, the old multi-start): for
+    #: each rotation of a grid (0, +-search_rotation_deg about each axis: 27 rotations) one DRR per view at
+    #: the first level; the view's gradient correlation for every 2-D shift of that DRR within the
+    #: detector distance of +-search_translation_mm; every 3-D translation of a grid (step
+    #: search_step_mm) scored by the views' maps at the shifts it projects to (the rotation centre's
+    #: shift); the best (rotation, translation) pairs are refined. Gives the capture range that the
+    #: narrow basins of the band similarity lack (a 15 mm / 15 degree start)
+    search_translation_mm: float = 18.0
+    search_rotation_deg: float = 10.0
+    search_step_mm: float = 1.5
 
 
 @dataclass
@@ -130,6 +143,61 @@ def _outline_weight(drr: torch.Tensor, band_px: int) -> torch.Tensor:
     return (grown - shrunk)[0, 0].clamp(0, 1)
 
 
+def _translation_grid(half_width_mm: float, step_mm: float) -> np.ndarray:
+    """(n, 3) translations (mm) on a cubic grid of ``step_mm`` within +-``half_width_mm``, 0 included."""
+    k = int(np.floor(half_width_mm / step_mm + 1e-9))
+    axis = np.arange(-k, k + 1) * step_mm
+    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def _rotation_grid(angle_deg: float) -> list[np.ndarray]:
+    """Rotation vectors (rad): every combination of (-angle, 0, +angle) about the three axes (27)."""
+    a = np.deg2rad(angle_deg)
+    return [np.array(v, dtype=np.float64) for v in np.array(np.meshgrid(*[[0.0, -a, a]] * 3, indexing="ij")
+                                                             ).reshape(3, -1).T]
+
+
+def _gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return image[:, 1:] - image[:, :-1], image[1:, :] - image[:-1, :]
+
+
+def shift_score_map(drr: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor,
+                    max_shift_px: int) -> torch.Tensor:
+    """Gradient correlation (as :func:`gradient_correlation`) of ``drr`` moved by every integer shift
+    (du, dv) within +-``max_shift_px`` against ``target``: (2S+1, 2S+1) indexed [dv + S, du + S].
+    ``weight`` goes with the DRR (its outline band), ``valid`` (1 where the target may be compared)
+    with the target; pixels shifted off the target count as invalid."""
+    s = max_shift_px
+    scores = []
+    for gd, gi, w, v in zip(_gradients(drr), _gradients(target), _pair_min(weight), _pair_min(valid), strict=True):
+        h, w_ = gd.shape
+        gi_win = torch.nn.functional.unfold(torch.nn.functional.pad(gi, (s, s, s, s))[None, None], (h, w_))[0]
+        v_win = torch.nn.functional.unfold(torch.nn.functional.pad(v, (s, s, s, s))[None, None], (h, w_))[0]
+        ww = w.reshape(-1, 1) * v_win  # (N, L)
+        a = gd.reshape(-1, 1)
+        wsum = ww.sum(0).clamp_min(1e-9)
+        da = a - (ww * a).sum(0) / wsum
+        db = gi_win - (ww * gi_win).sum(0) / wsum
+        scores.append((ww * da * db).sum(0) / torch.sqrt((ww * da * da).sum(0) * (ww * db * db).sum(0) + 1e-12))
+    return (0.5 * (scores[0] + scores[1])).reshape(2 * s + 1, 2 * s + 1)
+
+
+def _pair_min(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.minimum(weight[:, 1:], weight[:, :-1]), torch.minimum(weight[1:, :], weight[:-1, :])
+
+
+def _bilinear(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of a 2-D array at fractional (row, col); -1 outside."""
+    h, w = grid.shape
+    inside = (rows >= 0) & (rows <= h - 1) & (cols >= 0) & (cols <= w - 1)
+    r, c = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    r0, c0 = np.minimum(np.floor(r).astype(int), h - 2), np.minimum(np.floor(c).astype(int), w - 2)
+    fr, fc = r - r0, c - c0
+    val = (grid[r0, c0] * (1 - fr) * (1 - fc) + grid[r0 + 1, c0] * fr * (1 - fc)
+           + grid[r0, c0 + 1] * (1 - fr) * fc + grid[r0 + 1, c0 + 1] * fr * fc)
+    return np.where(inside, val, -1.0)
+
+
 def _start_offsets(n: int, spread_deg: float, seed: int) -> list[np.ndarray]:
     """Rotation-vector offsets (rad) for multi-start: the initial pose, then +-spread about each axis,
     then random ones."""
@@ -148,17 +216,19 @@ def _start_offsets(n: int, spread_deg: float, seed: int) -> list[np.ndarray]:
 
 class ViewObjective:
     """The optimiser's similarity of the views with the DRRs of ``mu`` at a pose given by 6 parameters
-    (rotation vector, rad, about ``centre_world`` = the volume's centre placed by the initial pose;
-    translation, mm) applied on top of ``T_world_from_mri_init``."""
+    (rotation vector, rad, about ``centre_world`` = ``rotation_centre_mri`` (default: the volume's centre)
+    placed by the initial pose; translation, mm) applied on top of ``T_world_from_mri_init``."""
 
     def __init__(self, mu: sitk.Image, views: Sequence[ViewGeometry], images: Sequence[np.ndarray],
-                 T_world_from_mri_init: RigidTransform, options: PoseOptions) -> None:
+                 T_world_from_mri_init: RigidTransform, options: PoseOptions,
+                 rotation_centre_mri: np.ndarray | None = None) -> None:
         self.options = options
         self.views = list(views)
         self.device = choose_device(options.device)
         self.dtype = dtype = torch.float32
         self.volume = AttenuationVolume.from_image(mu, device=self.device, dtype=dtype)
-        centre_mri, _ = self.volume.bounding_sphere()
+        centre_mri = self.volume.bounding_sphere()[0] if rotation_centre_mri is None else \
+            np.asarray(rotation_centre_mri, dtype=np.float64)
         self.T_init = torch.as_tensor(np.array(T_world_from_mri_init.matrix), dtype=dtype, device=self.device)
         self.centre_world = T_world_from_mri_init.apply(centre_mri)
         self.centre_world_t = torch.as_tensor(self.centre_world, dtype=dtype, device=self.device)
@@ -166,6 +236,51 @@ class ViewObjective:
         # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
         self.valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1,
                                                          padding=2)[0, 0] for im in self.image_t]
+
+    def search(self, level: int, rotations: Sequence[np.ndarray], translation_mm: float, step_mm: float,
+               cancel: CancelToken | None = None) -> list[tuple[float, np.ndarray]]:
+        """Score (rotation, translation) poses without rendering each: per rotation one DRR per view at
+        ``level`` (its blur, its outline band), the views' gradient correlation for every 2-D shift
+        (:func:`shift_score_map`), and every translation of a cubic grid (+-``translation_mm``, step
+        ``step_mm``) scored by the mean over views of the maps at the shift the rotation centre
+        projects to. Returns (score, params) of the best translation per rotation, best first."""
+        options, dtype = self.options, self.dtype
+        stride = options.strides[level]
+        sigma = options.smooth_px[level] / stride
+        band = options.outline_band_px[level]
+        grid_t = _translation_grid(translation_mm, step_mm)
+        centre_px = []
+        max_shift = 1
+        for view in self.views:
+            uv0 = view.project(self.centre_world[None])[0]
+            uv = view.project(self.centre_world + grid_t)
+            centre_px.append((uv - uv0) / stride)
+            max_shift = max(max_shift, int(np.ceil(np.abs(centre_px[-1]).max())) + 1)
+        targets, valids = [], []
+        for i, img in enumerate(self.image_t):
+            shape = (-(-img.shape[0] // stride), -(-img.shape[1] // stride))
+            targets.append(gaussian_blur(_block_mean(img, stride, shape), sigma))
+            valids.append((_block_mean(self.valid_t[i], stride, shape) > 0.999).to(dtype))
+        results = []
+        for rot in rotations:
+            if cancel is not None:
+                cancel.check()
+            params = torch.as_tensor(np.concatenate([rot, np.zeros(3)]), dtype=dtype, device=self.device)
+            with torch.no_grad():
+                drrs = render(self.volume, self.views, pose_from_params(params, self.T_init, self.centre_world_t),
+                              n_samples=options.n_samples, stride=stride)
+                total = np.zeros(len(grid_t))
+                for i, drr in enumerate(drrs):
+                    w = _outline_weight(drr, max(1, round(band / stride))) if band > 0 else \
+                        _support_weight(drr, max(2, 8 // stride))
+                    smap = shift_score_map(gaussian_blur(drr, sigma), targets[i], w, valids[i], max_shift)
+                    d = centre_px[i]
+                    total += _bilinear(smap.cpu().double().numpy(), d[:, 1] + max_shift, d[:, 0] + max_shift)
+            total /= len(drrs)
+            k = int(np.argmax(total))
+            results.append((float(total[k]), np.concatenate([rot, grid_t[k]])))
+        results.sort(key=lambda r: -r[0])
+        return results
 
     def similarity(self, params: torch.Tensor, level: int, weights: list[torch.Tensor] | None
                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -202,8 +317,11 @@ def register_views(
     *,
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
+    rotation_centre_mri: np.ndarray | None = None,
 ) -> PoseResult:
-    """Optimise ``T_world_from_mri`` so that DRRs of ``mu`` match ``images`` in every view."""
+    """Optimise ``T_world_from_mri`` so that DRRs of ``mu`` match ``images`` in every view. Rotations
+    are about ``rotation_centre_mri`` (MRI LPS mm, placed by the initial pose; default the volume's
+    centre): the femoral head / lesion decouples rotation from translation."""
     if len(views) != len(images) or not views:
         raise InputError(f"expected one image per view and at least one view, got {len(views)} views and "
                          f"{len(images)} images")
@@ -218,7 +336,7 @@ def register_views(
     if (T_world_from_mri_init.to_frame, T_world_from_mri_init.from_frame) != (WORLD, MRI):
         raise InputError(f"expected an initial T_world_from_mri, got {T_world_from_mri_init.name}")
     started = time.perf_counter()
-    objective = ViewObjective(mu, views, images, T_world_from_mri_init, options)
+    objective = ViewObjective(mu, views, images, T_world_from_mri_init, options, rotation_centre_mri)
     device, dtype = objective.device, objective.dtype
     similarity = objective.similarity
 
@@ -256,16 +374,24 @@ def register_views(
 
     with torch.no_grad():
         _, sims0, _ = similarity(torch.zeros(6, dtype=dtype, device=device), n_levels - 1, None)
-    # multi-start at the coarsest scale
-    starts = _start_offsets(max(1, options.n_starts), options.start_spread_deg, options.seed)
-    candidates = []
-    start_share = 0.4 if len(starts) > 1 else 0.0
-    for k, rot in enumerate(starts):
-        p0 = np.concatenate([rot, np.zeros(3)])
-        span = (start_share * k / len(starts), start_share * (k + 1) / len(starts))
-        params, value, _ = optimise(p0, 0, options.start_iterations, span if len(starts) > 1 else None)
-        candidates.append((value, params))
-    candidates.sort(key=lambda c: -c[0])
+    candidates: list[tuple[float, np.ndarray]] = []
+    if options.search_translation_mm > 0:
+        # global search at the first level: rotation grid x (2-D shift maps -> 3-D translation grid)
+        progress("fluoro", 0.0, "pose search")
+        rotations = _rotation_grid(options.search_rotation_deg) if options.search_rotation_deg > 0 else [np.zeros(3)]
+        candidates = objective.search(0, rotations, options.search_translation_mm, options.search_step_mm, cancel)
+        starts: list[np.ndarray] = rotations
+        start_share = 0.1
+    else:
+        # multi-start at the coarsest scale
+        starts = _start_offsets(max(1, options.n_starts), options.start_spread_deg, options.seed)
+        start_share = 0.4 if len(starts) > 1 else 0.0
+        for k, rot in enumerate(starts):
+            p0 = np.concatenate([rot, np.zeros(3)])
+            span = (start_share * k / len(starts), start_share * (k + 1) / len(starts))
+            params, value, _ = optimise(p0, 0, options.start_iterations, span if len(starts) > 1 else None)
+            candidates.append((value, params))
+        candidates.sort(key=lambda c: -c[0])
     # refine the best few starts through every scale; keep the one that ends most similar
     finals = []
     n_refine = min(options.n_refine, len(candidates))

@@ -119,8 +119,10 @@ def register_mri_to_fluoro(
     checks = int(options.check_view_agreement and len(views) > 1) + int(options.check_restarts)
     share = {0: 0.95, 1: 0.8, 2: 0.7}[checks]
     agree_end = share + (0.98 - share) / checks if checks else share
+    lesion = lesion_centre_mri(labels, spec)
     result = register_views(mu, [v.geometry for v in views], [v.line_integral for v in views], T_init,
-                            options.pose, progress=scaled(progress, 0.02, share), cancel=cancel)
+                            options.pose, progress=scaled(progress, 0.02, share), cancel=cancel,
+                            rotation_centre_mri=lesion)
     timings["pose"] = time.perf_counter() - t1
     T = result.T_world_from_mri
     figures: dict[str, float] = {"starts_tried": float(result.starts_tried)}
@@ -142,7 +144,6 @@ def register_mri_to_fluoro(
         reasons.append("single view: the depth along the beam and the rotation about it are not determined "
                        "(half of the single-view benchmark cases ended 19-46 mm off); take a second view "
                        "at least 15 degrees from the first")
-    lesion = lesion_centre_mri(labels, spec)
     if options.check_view_agreement and len(views) > 1:
         t2 = time.perf_counter()
         moves = view_disagreement_mm(mu, views, T, lesion, options.pose,
@@ -192,6 +193,7 @@ def view_disagreement_mm(mu: sitk.Image, views: list[FluoroView], T_world_from_m
     single = PoseOptions(strides=pose_options.strides[-1:], iterations=(max(20, pose_options.iterations[-1] // 2),),
                          smooth_px=pose_options.smooth_px[-1:], outline_band_px=pose_options.outline_band_px[-1:],
                          start_iterations=0, n_samples=pose_options.n_samples, n_starts=1, n_refine=1,
+                         search_translation_mm=0.0,
                          lr_rotation_rad=pose_options.lr_rotation_rad / 2,
                          lr_translation_mm=pose_options.lr_translation_mm / 2, device=pose_options.device)
     p0 = T_world_from_mri.apply(point_mri)
