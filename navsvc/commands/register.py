@@ -177,7 +177,7 @@ def run_fluoro(args: argparse.Namespace) -> int:
     if args.starts < 1:
         raise InputError(f"--starts: expected at least 1, got {args.starts}")
     options = FluoroOptions(pose=PoseOptions(device=args.device, seed=args.seed, n_starts=args.starts,
-                                             n_refine=min(2, args.starts)), labels=spec)
+                                             n_refine=min(PoseOptions.n_refine, args.starts)), labels=spec)
     targets = np.array(list(points.values())) if points else None
     result = _with_progress(args.no_progress, lambda progress: register_mri_to_fluoro(
         labels, views, options, T_world_from_mri_init=init, targets_mri=targets, progress=progress))

@@ -177,7 +177,7 @@ def run_fluoro_registration(inp: RegistrationInput, out_dir: Path, progress: Pro
 
         spec = LabelSpec(**load_plan(inp.plan_path, verify_hashes=False).labels)
     starts = int(inp.options.get("starts", 7))
-    options = FluoroOptions(pose=PoseOptions(n_starts=starts, n_refine=min(2, starts),
+    options = FluoroOptions(pose=PoseOptions(n_starts=starts, n_refine=min(PoseOptions.n_refine, starts),
                                              device=str(inp.options.get("device", "auto")),
                                              seed=int(inp.options.get("seed", 0))), labels=spec)
     read_image(inp.mri_path, "MRI")
