@@ -561,13 +561,13 @@ def _deformable_stage(
     T_ct_from_mri = D.inverse() @ rigid
     keep.candidate_T_ct_from_mri = T_ct_from_mri
     progress("deformable", 0.7, "cross-validating the field on held-out surface patches")
-    # the field the stage applies, as a polynomial on the femur surface (for the network's
-    # field with 0 iterations: its projection onto the model)
-    x_s = rigid.apply(mri_surface.points_mm)
-    applied = PolynomialField.fit(x_s, T_ct_from_mri.apply(mri_surface.points_mm) - x_s, x_s.mean(0),
-                                  options.deformable_degree) if len(x_s) else None
     cv = None
-    if applied is not None and len(mri_surface) >= 400 and len(ct_surface) >= 200:
+    if len(mri_surface) >= 400 and len(ct_surface) >= 200:
+        # the field the stage applies, as a polynomial on the femur surface (for the network's
+        # field with 0 iterations: its projection onto the model)
+        x_s = rigid.apply(mri_surface.points_mm)
+        applied = PolynomialField.fit(x_s, T_ct_from_mri.apply(mri_surface.points_mm) - x_s, x_s.mean(0),
+                                      options.deformable_degree)
         cv = cross_validate_fit(mri_surface, ct_surface, rigid, applied, folds=options.deformable_cv_folds,
                                 seed=options.seed, degree=options.deformable_degree,
                                 smooth_weight=options.deformable_smooth_weight, prior=prior,

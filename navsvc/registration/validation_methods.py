@@ -29,7 +29,7 @@ from navsvc.errors import ConfigError
 from navsvc.frames import MRI
 from navsvc.registration.pipeline import register_mri_to_ct
 from navsvc.registration.result import RegistrationOptions
-from navsvc.transforms import RigidTransform
+from navsvc.transforms import RigidTransform, rotation_matrix_from_axis_angle
 
 #: (mm, degrees) of the known error the oracle start puts on the true femur pose
 ORACLE_START_ERROR = (3.0, 3.0)
@@ -126,15 +126,8 @@ def oracle_start(case: Any, error_mm: float = ORACLE_START_ERROR[0], error_deg: 
     names = case.landmark_names("femur")
     center_mri = np.mean([case.landmarks_mri[n] for n in names], axis=0)
     error = RigidTransform.from_rotation_translation(
-        _rotation_about(axis, error_deg), error_mm * shift, MRI, MRI, center_mri)
+        rotation_matrix_from_axis_angle(axis, error_deg), error_mm * shift, MRI, MRI, center_mri)
     return case.T_ct_from_mri_femur @ error
-
-
-def _rotation_about(axis: Any, angle_deg: float) -> Any:
-    """3x3 rotation by ``angle_deg`` about the unit vector ``axis`` (Rodrigues)."""
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    a = np.radians(angle_deg)
-    return np.eye(3) + np.sin(a) * k + (1.0 - np.cos(a)) * (k @ k)
 
 
 def ct_femur_mask(case: Any) -> Any:
