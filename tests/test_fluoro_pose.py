@@ -117,6 +117,10 @@ def test_bad_inputs(femur_labels, scene):
         register_views(mu, views, [images[0][:100], images[1]], T_true)
     with pytest.raises(InputError, match="initial T_world_from_mri"):
         register_views(mu, views, images, T_true.inverse())
+    with pytest.raises(InputError, match="search_step_mm > 0"):
+        register_views(mu, views, images, T_true, PoseOptions(search_step_mm=0.0))
+    with pytest.raises(InputError, match="search_translation_mm >= 0"):
+        register_views(mu, views, images, T_true, PoseOptions(search_translation_mm=-1.0))
 
 
 # -- the whole fluoroscopy registration with QA -------------------------------------------

@@ -218,6 +218,13 @@ def test_acceptance_rule(gain_cv, gain_mi, significance, max_mm, evidence, kept)
     assert acceptance(None, 0.01, 1.0, RegistrationOptions())[1]  # nothing to cross-validate: rejected
 
 
+@pytest.mark.parametrize("field", ["deformable_mi_route_max_cv_loss", "deformable_max_mi_loss"])
+@pytest.mark.parametrize("value", [-0.01, 5.0])
+def test_acceptance_fractions_out_of_range_are_config_errors(field, value):
+    with pytest.raises(ConfigError, match=field):
+        RegistrationOptions(**{field: value})
+
+
 @pytest.mark.slow
 def test_distorted_phantom_kept_on_mi_evidence():
     """small-distorted-101: the held-out surface does not vouch for the field (measured -2.9 %),

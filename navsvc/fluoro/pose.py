@@ -329,6 +329,11 @@ def register_views(
     if not n_levels or {len(options.iterations), len(options.smooth_px), len(options.outline_band_px)} != {n_levels}:
         raise InputError(f"expected one iteration count, blur and band per level ({n_levels} strides), got "
                          f"{len(options.iterations)}, {len(options.smooth_px)} and {len(options.outline_band_px)}")
+    if options.search_translation_mm < 0 or (options.search_translation_mm > 0 and (
+            options.search_step_mm <= 0 or options.search_rotation_deg < 0)):
+        raise InputError(f"pose search: expected search_translation_mm >= 0 (0 = off) and, with the search on, "
+                         f"search_step_mm > 0 and search_rotation_deg >= 0; got {options.search_translation_mm}, "
+                         f"{options.search_step_mm} and {options.search_rotation_deg}")
     for view, img in zip(views, images, strict=True):
         if img.shape != (view.size_px[1], view.size_px[0]):
             raise InputError(f"view {view.name!r}: image is {img.shape[1]}x{img.shape[0]} px, geometry says "

@@ -115,6 +115,9 @@ class RegistrationOptions:
             raise ConfigError(f"expected deformable_cv_folds >= 3, got {self.deformable_cv_folds}")
         if self.deformable_iterations < 0:
             raise ConfigError(f"expected deformable_iterations >= 0, got {self.deformable_iterations}")
+        for name in ("deformable_mi_route_max_cv_loss", "deformable_max_mi_loss"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"expected {name} in 0..1 (a fraction: 0.05 = 5 %), got {getattr(self, name)}")
         if self.elastix_config not in ELASTIX_CONFIGS:
             raise ConfigError(f"expected elastix_config one of {ELASTIX_CONFIGS}, got {self.elastix_config!r}")
 
