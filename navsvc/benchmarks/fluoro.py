@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from navsvc.errors import InputError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=int, default=4, help="number of phantom cases (default 4)")
@@ -51,8 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real-ct-content", default="full", choices=("full", "no-metal", "femur-only"),
                    help="what the real-CT views show (diagnosis): the whole CT, metal capped at 1500 HU, or the femur's "
                         "bone alone (default full)")
-    p.add_argument("--real-ct-photons", type=float, default=2.0e4,
-                   help="unattenuated photons per pixel of the real-CT views (default 2e4, as the phantoms)")
+    p.add_argument("--real-ct-counts", type=float, default=1.0e4,
+                   help="real-CT views' exposure control: photons reaching the median pixel of each view's field "
+                        "(default 1e4)")
+    p.add_argument("--real-ct-photons", type=float, default=None,
+                   help="instead of exposure control, a fixed number of unattenuated photons per pixel (the views "
+                        "before 2026-11-25 used 2e4: the lateral view was noise)")
+    p.add_argument("--real-ct-angles", default="0,90",
+                   help="primary angles of the real-CT views, degrees, comma-separated (default 0,90: AP and lateral)")
+    p.add_argument("--real-ct-no-shutter", action="store_true",
+                   help="do not shutter the real-CT views to the CT's scanned range (diagnosis)")
     p.add_argument("--restart-check", action="store_true",
                    help="also run the QA gate's restart check (six local optimisations about the femoral head; slow)")
     p.add_argument("--wrong-deg", type=float, default=15.0,
@@ -61,7 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real-ct-cheap", action="store_true",
                    help="real-CT case with a cheap optimiser (the search, 1 candidate refined, 40/20 iterations, 64 samples)")
     p.add_argument("--real-ct-pelvis", action="store_true",
-                   help="render the hip bone label too in the model (it moves with the femur in this case)")
+                   help="real-CT case: femur and hip bone as one rigid body, no femur stage (they move together in "
+                        "this case; diagnosis)")
+    p.add_argument("--pelvis-stage", default="off", choices=("on", "off"),
+                   help="on: register femur + pelvis first, then the femur with the pelvis fixed (FluoroOptions."
+                        "pelvis_first); off: the femur alone (the product default)")
 
 
 def _configs() -> dict[str, Any]:
@@ -128,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
                 labels = other.labels  # type: ignore[union-attr]
             t0 = time.perf_counter()
             result = register_mri_to_fluoro(labels, use, FluoroOptions(pose=pose, check_view_agreement=False,
-                                                                       check_restarts=args.restart_check),
+                                                                       check_restarts=args.restart_check,
+                                                                       pelvis_first=args.pelvis_stage == "on"),
                                             T_world_from_mri_init=start)
             seconds = time.perf_counter() - t0
             T = result.T_world_from_mri
@@ -168,6 +183,21 @@ def _real_ct_sides(args: argparse.Namespace) -> list[str | None]:
     return {"auto": [None], "left": ["left"], "right": ["right"], "both": ["left", "right"], "none": []}[args.real_ct]
 
 
+def _angles(text: str) -> tuple[float, ...]:
+    try:
+        angles = tuple(float(a) for a in text.split(","))
+    except ValueError:
+        raise InputError(f"--real-ct-angles: expected degrees separated by commas, e.g. 0,90; got {text!r}") from None
+    if len(angles) < 2:
+        raise InputError(f"--real-ct-angles: expected at least two views, got {text!r}")
+    return angles
+
+
+def _view_names(angles: tuple[float, ...]) -> tuple[str, ...]:
+    named = {0.0: "ap", 90.0: "lateral", -90.0: "lateral"}
+    return tuple(named.get(a, f"oblique{a:+g}") for a in angles)
+
+
 def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, Any]],
                  summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The real-CT case(s) with the two-view configuration; [] with a printed message when absent."""
@@ -188,15 +218,22 @@ def _run_real_ct(args: argparse.Namespace, console: Any, rows: list[dict[str, An
         return []
     real_rows: list[dict[str, Any]] = []
     for k, side in enumerate(sides):
-        fc = make_real_ct_fluoro_case(data_dir, side=side, options=RealCtViewOptions(
-            content=args.real_ct_content, photons_per_pixel=args.real_ct_photons))
+        view_options = RealCtViewOptions(
+            content=args.real_ct_content, shutter_to_scan=not args.real_ct_no_shutter,
+            primary_angles_deg=_angles(args.real_ct_angles), view_names=_view_names(_angles(args.real_ct_angles)),
+            detector_counts=0.0 if args.real_ct_photons else args.real_ct_counts,
+            photons_per_pixel=args.real_ct_photons or RealCtViewOptions.photons_per_pixel)
+        fc = make_real_ct_fluoro_case(data_dir, side=side, options=view_options)
         pose = PoseOptions(n_refine=1, iterations=(40, 20), n_samples=64) if args.real_ct_cheap \
             else _configs()["two-view"][1]
         options = FluoroOptions(pose=pose, check_view_agreement=False,
                                 check_restarts=args.restart_check,
+                                pelvis_first=args.pelvis_stage == "on" and not args.real_ct_pelvis,
                                 attenuation=AttenuationOptions(include_pelvis=args.real_ct_pelvis))
         row = recover(fc, options, start_deg=args.start_deg, start_mm=args.start_mm, seed=args.first_seed + k)
         row.update(content=args.real_ct_content, model_pelvis=args.real_ct_pelvis, photons=args.real_ct_photons,
+                   detector_counts=view_options.detector_counts, shutter=view_options.shutter_to_scan,
+                   angles=list(view_options.primary_angles_deg), pelvis_stage=options.pelvis_first,
                    cheap=args.real_ct_cheap)
         real_rows.append(row)
         console.log(f"{row['case']} two-view: head TRE {row['head_tre_mm']:.2f} mm (start {row['start_tre_mm']:.1f}), "

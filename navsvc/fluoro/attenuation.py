@@ -51,16 +51,23 @@ def _signed_distance_mm(mask: sitk.Image) -> sitk.Image:
 
 
 def bone_attenuation(labels: sitk.Image, spec: LabelSpec = LabelSpec(),
-                     options: AttenuationOptions = AttenuationOptions()) -> sitk.Image:
-    """An isotropic float32 mu volume (1/mm) of the femur (+ pelvis) in the label map's frame,
-    cropped to the femur's bounding box plus ``margin_mm``."""
+                     options: AttenuationOptions = AttenuationOptions(),
+                     structures: tuple[str, ...] | None = None) -> sitk.Image:
+    """An isotropic float32 mu volume (1/mm) in the label map's frame, cropped to the femur's bounding box
+    plus ``margin_mm``, of ``structures`` (``"femur"``, ``"pelvis"``; default the femur, and the pelvis
+    with ``options.include_pelvis``)."""
     arr = sitk.GetArrayViewFromImage(labels)
     femur = (arr == spec.femur) | (arr == spec.necrosis)
     if not femur.any():
         raise InvalidLabelsError(f"segmentation has no femur (label {spec.femur}); cannot build an attenuation volume")
-    structures = [femur]
-    if options.include_pelvis:
-        structures.append(arr == spec.pelvis)
+    if structures is None:
+        structures = ("femur", "pelvis") if options.include_pelvis else ("femur",)
+    unknown = set(structures) - {"femur", "pelvis"}
+    if unknown or not structures:
+        raise InvalidLabelsError(f"attenuation structures: expected 'femur' and/or 'pelvis', got {structures}")
+    masks = {"femur": femur, "pelvis": arr == spec.pelvis}
+    if "pelvis" in structures and not masks["pelvis"].any():
+        raise InvalidLabelsError(f"segmentation has no pelvis (label {spec.pelvis}); cannot render the pelvis")
     # grid: the femur bounding box in the label grid's orientation, isotropic spacing
     kji = np.argwhere(femur)
     lo_ijk = kji.min(axis=0)[::-1].astype(float)
@@ -75,7 +82,8 @@ def bone_attenuation(labels: sitk.Image, spec: LabelSpec = LabelSpec(),
     size = np.maximum(2, np.ceil(extent_mm / options.spacing_mm).astype(int) + 1)
     grid = reference_grid(size.tolist(), [options.spacing_mm] * 3, origin.tolist(), direction.ravel().tolist())
     mu = np.zeros(size[::-1], dtype=np.float32)
-    for mask in structures:
+    for name in structures:
+        mask = masks[name]
         mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
         mask_img.CopyInformation(labels)
         sdf = sitk.Resample(_signed_distance_mm(mask_img), grid, sitk.Transform(), sitk.sitkLinear, 1e3,

@@ -108,7 +108,8 @@ def restart_options(pose: PoseOptions, options: RestartOptions, iterations: tupl
 def restart_check(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,
                   lesion_mri: np.ndarray, femur_points_mri: np.ndarray, pose: PoseOptions,
                   options: RestartOptions = RestartOptions(), *, progress: ProgressFn = no_progress,
-                  cancel: CancelToken | None = None) -> tuple[float, list[Restart]]:
+                  cancel: CancelToken | None = None, background: list[np.ndarray] | None = None
+                  ) -> tuple[float, list[Restart]]:
     """Restart the optimiser about the final pose (module docstring). Returns the final pose's own
     similarity at the check's level (mean over views) and one :class:`Restart` per start."""
     lesion_mri = np.asarray(lesion_mri, dtype=np.float64)
@@ -118,11 +119,13 @@ def restart_check(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: Rig
     opts = restart_options(pose, options)
     geoms, images = [v.geometry for v in views], [v.line_integral for v in views]
     own = register_views(mu, geoms, images, T_world_from_mri,
-                         restart_options(pose, options, tuple(0 for _ in options.strides)), cancel=cancel)
+                         restart_options(pose, options, tuple(0 for _ in options.strides)), cancel=cancel,
+                         background=background)
     out = []
     for k, (name, T_start) in enumerate(starts):
         res = register_views(mu, geoms, images, T_start, opts,
-                             progress=scaled(progress, k / len(starts), (k + 1) / len(starts)), cancel=cancel)
+                             progress=scaled(progress, k / len(starts), (k + 1) / len(starts)), cancel=cancel,
+                             background=background)
         T = res.T_world_from_mri
         out.append(Restart(name, float(np.mean(res.similarity_per_view)),
                            float(np.linalg.norm(T.apply(lesion_mri) - p_lesion)),
@@ -176,7 +179,7 @@ def point_jacobian(points_world: np.ndarray, centre_world: np.ndarray) -> np.nda
 def pose_uncertainty(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,
                      lesion_mri: np.ndarray, femur_points_mri: np.ndarray, pose: PoseOptions,
                      options: CurvatureOptions = CurvatureOptions(), *,
-                     cancel: CancelToken | None = None) -> Uncertainty:
+                     cancel: CancelToken | None = None, background: list[np.ndarray] | None = None) -> Uncertainty:
     """Curvature of the registration's own similarity (at the level of ``options.stride``, outline band
     fixed at the pose) over the 6 pose parameters, by central differences of its gradient, propagated
     to the lesion and the femur (RMS over ``femur_points_mri``): see :class:`Uncertainty`."""
@@ -185,7 +188,7 @@ def pose_uncertainty(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: 
                            outline_band_px=pose.outline_band_px[-1:], n_samples=pose.n_samples, device=pose.device)
     level = pose.strides.index(options.stride)
     objective = ViewObjective(mu, [v.geometry for v in views], [v.line_integral for v in views],
-                              T_world_from_mri, pose)
+                              T_world_from_mri, pose, background=background)
     dtype, device = objective.dtype, objective.device
     with torch.no_grad():
         _, _, weights = objective.similarity(torch.zeros(6, dtype=dtype, device=device), level, None)

@@ -63,6 +63,9 @@ class PoseOptions:
     search_translation_mm: float = 18.0
     search_rotation_deg: float = 10.0
     search_step_mm: float = 1.5
+    #: False: rotations about the rotation centre only, the translation kept (the femur about its head once
+    #: the pelvis has placed the hip: a ball joint)
+    optimise_translation: bool = True
 
 
 @dataclass
@@ -221,7 +224,8 @@ class ViewObjective:
 
     def __init__(self, mu: sitk.Image, views: Sequence[ViewGeometry], images: Sequence[np.ndarray],
                  T_world_from_mri_init: RigidTransform, options: PoseOptions,
-                 rotation_centre_mri: np.ndarray | None = None) -> None:
+                 rotation_centre_mri: np.ndarray | None = None,
+                 background: Sequence[np.ndarray] | None = None) -> None:
         self.options = options
         self.views = list(views)
         self.device = choose_device(options.device)
@@ -236,6 +240,16 @@ class ViewObjective:
         # collimated-out pixels are exactly 0 in a line-integral image; keep 2 px away from that edge
         self.valid_t = [-torch.nn.functional.max_pool2d(-(im != 0).to(dtype)[None, None], 5, stride=1,
                                                          padding=2)[0, 0] for im in self.image_t]
+        if background is not None and len(background) != len(self.views):
+            raise InputError(f"expected one background image per view, got {len(background)} for {len(self.views)} views")
+        self.background_t = None if background is None else \
+            [torch.as_tensor(np.asarray(b, dtype=np.float32), device=self.device) for b in background]
+
+    def _total(self, drr: torch.Tensor, i: int, stride: int) -> torch.Tensor:
+        """The moving structure's DRR plus view ``i``'s fixed background (block mean at ``stride``)."""
+        if self.background_t is None:
+            return drr
+        return drr + _block_mean(self.background_t[i], stride, tuple(drr.shape))
 
     def search(self, level: int, rotations: Sequence[np.ndarray], translation_mm: float, step_mm: float,
                cancel: CancelToken | None = None) -> list[tuple[float, np.ndarray]]:
@@ -243,7 +257,10 @@ class ViewObjective:
         ``level`` (its blur, its outline band), the views' gradient correlation for every 2-D shift
         (:func:`shift_score_map`), and every translation of a cubic grid (+-``translation_mm``, step
         ``step_mm``) scored by the mean over views of the maps at the shift the rotation centre
-        projects to. Returns (score, params) of the best translation per rotation, best first."""
+        projects to. Returns (score, params) of the best translation per rotation, best first. Not with a
+        fixed background (a shifted DRR would shift it too): see :meth:`score_rotations`."""
+        if self.background_t is not None:
+            raise InputError("the pose search's shift maps need a DRR without a fixed background")
         options, dtype = self.options, self.dtype
         stride = options.strides[level]
         sigma = options.smooth_px[level] / stride
@@ -282,6 +299,21 @@ class ViewObjective:
         results.sort(key=lambda r: -r[0])
         return results
 
+    def score_rotations(self, level: int, rotations: Sequence[np.ndarray], cancel: CancelToken | None = None
+                        ) -> list[tuple[float, np.ndarray]]:
+        """(similarity at ``level``, params) of each rotation about the centre at the initial translation,
+        best first: the search when the translation is known (a fixed background, e.g. the pelvis)."""
+        out = []
+        for rot in rotations:
+            if cancel is not None:
+                cancel.check()
+            params = np.concatenate([rot, np.zeros(3)])
+            with torch.no_grad():
+                sim, _, _ = self.similarity(torch.as_tensor(params, dtype=self.dtype, device=self.device), level, None)
+            out.append((float(sim), params))
+        out.sort(key=lambda r: -r[0])
+        return out
+
     def similarity(self, params: torch.Tensor, level: int, weights: list[torch.Tensor] | None
                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """(mean over views, per view, the weights used); ``weights`` None = the outline band of this pose."""
@@ -304,7 +336,8 @@ class ViewObjective:
                     w = _support_weight(drr.detach(), max(2, 8 // stride)) * valid
             used.append(w)
             sigma = options.smooth_px[level] / stride
-            sims.append(gradient_correlation(gaussian_blur(drr, sigma), gaussian_blur(target, sigma), w))
+            sims.append(gradient_correlation(gaussian_blur(self._total(drr, i, stride), sigma),
+                                             gaussian_blur(target, sigma), w))
         return torch.stack(sims).mean(), [s.detach() for s in sims], used
 
 
@@ -318,10 +351,14 @@ def register_views(
     progress: ProgressFn = no_progress,
     cancel: CancelToken | None = None,
     rotation_centre_mri: np.ndarray | None = None,
+    background: Sequence[np.ndarray] | None = None,
 ) -> PoseResult:
     """Optimise ``T_world_from_mri`` so that DRRs of ``mu`` match ``images`` in every view. Rotations
     are about ``rotation_centre_mri`` (MRI LPS mm, placed by the initial pose; default the volume's
-    centre): the femoral head / lesion decouples rotation from translation."""
+    centre): the femoral head / lesion decouples rotation from translation. ``background``: per view, a
+    full-resolution line-integral image of structures that do not move with ``mu`` (the pelvis placed by
+    an earlier stage), added to its DRR; the search then scores rotations alone (the initial
+    translation is taken as known)."""
     if len(views) != len(images) or not views:
         raise InputError(f"expected one image per view and at least one view, got {len(views)} views and "
                          f"{len(images)} images")
@@ -341,21 +378,24 @@ def register_views(
     if (T_world_from_mri_init.to_frame, T_world_from_mri_init.from_frame) != (WORLD, MRI):
         raise InputError(f"expected an initial T_world_from_mri, got {T_world_from_mri_init.name}")
     started = time.perf_counter()
-    objective = ViewObjective(mu, views, images, T_world_from_mri_init, options, rotation_centre_mri)
+    objective = ViewObjective(mu, views, images, T_world_from_mri_init, options, rotation_centre_mri, background)
     device, dtype = objective.device, objective.dtype
     similarity = objective.similarity
 
     # Adam moves each parameter by about its learning rate per step whatever the gradient's scale,
     # so optimise in units of (lr_rotation_rad, lr_translation_mm) with a unit learning rate.
-    unit = torch.tensor([options.lr_rotation_rad] * 3 + [options.lr_translation_mm] * 3, dtype=dtype,
+    unit = torch.tensor([options.lr_rotation_rad] * 3
+                        + [options.lr_translation_mm if options.optimise_translation else 0.0] * 3, dtype=dtype,
                         device=device)
 
     def optimise(params0: np.ndarray, level: int, iters: int, report: tuple[float, float] | None
                  ) -> tuple[np.ndarray, float, list[float]]:
-        scaled = (torch.as_tensor(params0, dtype=dtype, device=device) / unit).requires_grad_(True)
+        p0 = torch.as_tensor(params0, dtype=dtype, device=device)
+        fixed = torch.where(unit > 0, torch.zeros_like(p0), p0)  # parameters not optimised keep their value
+        scaled = torch.where(unit > 0, p0 / torch.where(unit > 0, unit, 1.0), 0.0).requires_grad_(True)
         # the mask is fixed per level (from the level's starting pose) so the objective is smooth
         with torch.no_grad():
-            _, _, weights = similarity(scaled * unit, level, None)
+            _, _, weights = similarity(fixed + scaled * unit, level, None)
         opt = torch.optim.Adam([scaled], lr=1.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=0.05)
         hist: list[float] = []
@@ -364,12 +404,12 @@ def register_views(
             if cancel is not None:
                 cancel.check()
             opt.zero_grad()
-            sim, _, _ = similarity(scaled * unit, level, weights)
+            sim, _, _ = similarity(fixed + scaled * unit, level, weights)
             (-sim).backward()
             value = float(sim.detach())
             hist.append(value)
             if value > best[0]:
-                best = (value, (scaled.detach() * unit).cpu().double().numpy())
+                best = (value, (fixed + scaled.detach() * unit).cpu().double().numpy())
             opt.step()
             sched.step()
             if report is not None:
@@ -384,7 +424,10 @@ def register_views(
         # global search at the first level: rotation grid x (2-D shift maps -> 3-D translation grid)
         progress("fluoro", 0.0, "pose search")
         rotations = _rotation_grid(options.search_rotation_deg) if options.search_rotation_deg > 0 else [np.zeros(3)]
-        candidates = objective.search(0, rotations, options.search_translation_mm, options.search_step_mm, cancel)
+        if background is None:
+            candidates = objective.search(0, rotations, options.search_translation_mm, options.search_step_mm, cancel)
+        else:
+            candidates = objective.score_rotations(0, rotations, cancel)
         starts: list[np.ndarray] = rotations
         start_share = 0.1
     else:

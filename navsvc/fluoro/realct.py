@@ -46,7 +46,17 @@ class RealCtViewOptions:
     #: primary angles (LAO +), degrees: AP and lateral
     primary_angles_deg: tuple[float, ...] = (0.0, 90.0)
     view_names: tuple[str, ...] = ("ap", "lateral")
+    #: automatic exposure control (as a C-arm's): the unattenuated photons per pixel of each view are set so
+    #: that the median pixel of its field receives ``detector_counts``; 0 = a fixed ``photons_per_pixel``.
+    #: Without it the lateral view through both hips (line integral ~7) received ~15 photons per pixel:
+    #: noise with no bone in it, which no C-arm would show.
+    detector_counts: float = 1.0e4
     photons_per_pixel: float = 2.0e4
+    #: shutter the detector to the rays that stay within the CT's scanned range (``scan_margin_mm`` inside
+    #: its first and last slice) where they cross the CT's transverse extent: beyond it the CT holds air
+    #: where the patient has tissue (the thighs below this CT), an edge no radiograph shows
+    shutter_to_scan: bool = True
+    scan_margin_mm: float = 3.0
     n_samples: int = 512
     seed: int = 0
     #: what the views show (diagnosis): ``full`` = the whole CT as scanned; ``no-metal`` = HU capped at
@@ -94,10 +104,31 @@ def content_attenuation(ct_hu: sitk.Image, femur_mask: sitk.Image | None, option
     raise InputError(f"view content: expected 'full', 'no-metal' or 'femur-only', got {options.content!r}")
 
 
+def scanned_range_mask(ct: sitk.Image, geom: ViewGeometry, margin_mm: float, n_samples: int = 256
+                       ) -> NDArray[np.bool_]:
+    """Pixels (rows, columns) whose ray, where it crosses the CT's transverse (x, y) extent, stays within
+    the CT's scanned z range less ``margin_mm``; rays that miss that extent are kept. Assumes an axial CT
+    (slices along world z, as :func:`make_real_ct_case` requires)."""
+    size = np.array(ct.GetSize())
+    corners = np.array([ct.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+                        for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    src = geom.source_world
+    det = geom.T_world_from_carm.apply(geom.detector_points_carm().reshape(-1, 3))
+    t = np.linspace(0.0, 1.0, n_samples)
+    pts = src + t[None, :, None] * (det - src)[:, None, :]                   # (pixels, samples, 3)
+    in_xy = np.all((pts[..., :2] >= lo[:2]) & (pts[..., :2] <= hi[:2]), axis=-1)
+    z_ok = (pts[..., 2] >= lo[2] + margin_mm) & (pts[..., 2] <= hi[2] - margin_mm)
+    ok = np.all(z_ok | ~in_xy, axis=1)
+    w, h = geom.size_px
+    return ok.reshape(h, w)
+
+
 def project_ct(ct_hu: sitk.Image, isocentre_world: NDArray[np.float64],
                options: RealCtViewOptions = RealCtViewOptions(), femur_mask: sitk.Image | None = None
                ) -> list[FluoroView]:
-    """Noisy collimated line-integral views ``-ln(I / I0)`` of the CT (its frame = the world frame)."""
+    """Noisy collimated line-integral views ``-ln(I / I0)`` of the CT (its frame = the world frame), the
+    exposure set per view by ``options.detector_counts`` (AEC), shuttered to the CT's scanned range."""
     mu = AttenuationVolume.from_image(content_attenuation(ct_hu, femur_mask, options))
     w, h = options.detector_px
     geoms = [ViewGeometry(options.sdd_mm, (options.pixel_spacing_mm, options.pixel_spacing_mm), (w, h),
@@ -112,10 +143,15 @@ def project_ct(ct_hu: sitk.Image, isocentre_world: NDArray[np.float64],
     outside = (uu - (w - 1) / 2.0) ** 2 + (vv - (h - 1) / 2.0) ** 2 > (0.48 * min(w, h)) ** 2
     views = []
     for geom, drr in zip(geoms, drrs, strict=True):
+        field = ~outside
+        if options.shutter_to_scan:
+            field &= scanned_range_mask(ct_hu, geom, options.scan_margin_mm)
         n0 = options.photons_per_pixel
+        if options.detector_counts > 0:
+            n0 = options.detector_counts * float(np.exp(np.median(drr[field])))
         counts = rng.poisson(n0 * np.exp(-drr))
         img = -np.log(np.maximum(counts, 0.5) / n0)
-        img[outside] = 0.0
+        img[~field] = 0.0
         views.append(FluoroView(geom, img.astype(np.float32), source=f"real CT DRR {geom.name}"))
     return views
 
