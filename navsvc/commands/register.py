@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--init", type=Path, help="fluoroscopy: rough initial T_world_from_mri (ITK transform file); "
                    "default: patient axes aligned, lesion at the views' isocentre")
     p.add_argument("--starts", type=int, default=7, help="fluoroscopy: number of starting poses (default 7)")
+    p.add_argument("--pelvis-stage", action="store_true",
+                   help="fluoroscopy: register femur + pelvis first, then the femur with the pelvis fixed (needs the "
+                        "pelvis label; off by default, see docs/fluoroscopy.md)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--points", type=Path, help="Slicer markups (.mrk.json) of MRI-frame points to map into the CT "
                    "(or the fluoroscopy world frame)")
@@ -177,7 +180,8 @@ def run_fluoro(args: argparse.Namespace) -> int:
     if args.starts < 1:
         raise InputError(f"--starts: expected at least 1, got {args.starts}")
     options = FluoroOptions(pose=PoseOptions(device=args.device, seed=args.seed, n_starts=args.starts,
-                                             n_refine=min(PoseOptions.n_refine, args.starts)), labels=spec)
+                                             n_refine=min(PoseOptions.n_refine, args.starts)), labels=spec,
+                            pelvis_first=args.pelvis_stage)
     targets = np.array(list(points.values())) if points else None
     result = _with_progress(args.no_progress, lambda progress: register_mri_to_fluoro(
         labels, views, options, T_world_from_mri_init=init, targets_mri=targets, progress=progress))

@@ -62,8 +62,9 @@ class FluoroOptions:
     #: the pelvis rendered at its stage-1 pose as a fixed background and the femur's rotation about the
     #: head searched over +-``femur_search_deg`` per axis (the leg's position differs between the MRI and
     #: the table). Off by default: on the phantoms (femur rotated up to 20 degrees against the pelvis)
-    #: stage 1 misled seed 201 (6.5 mm, FAIL; 0.46 mm without it); on the real CT's whole views it took the
-    #: right femur from 23 to 4.3 mm, still not recovered (docs/fluoroscopy.md, "The pelvis stage")
+    #: stage 1 misled seed 201 (6.5 mm, FAIL; 0.22 mm without it); on the real CT's whole views it took the
+    #: right femur from 17.3 to 4.3 mm (AP + 60-degree oblique), still not recovered (docs/fluoroscopy.md,
+    #: "The pelvis stage")
     pelvis_first: bool = False
     femur_search_deg: float = 10.0
     #: stage 2 moves the femoral head too (False: rotations about the head alone, the head where stage 1

@@ -116,7 +116,7 @@ def _registration_options(options: dict[str, Any]) -> Any:
         raise InputError(f"registration options {sorted(options)}: {exc}") from exc
 
 
-FLUORO_OPTIONS = {"starts": int, "device": str, "seed": int, "T_world_from_mri_init": list}
+FLUORO_OPTIONS = {"starts": int, "device": str, "seed": int, "T_world_from_mri_init": list, "pelvis_stage": bool}
 
 
 def check_fluoro_options(options: dict[str, Any]) -> None:
@@ -125,7 +125,7 @@ def check_fluoro_options(options: dict[str, Any]) -> None:
         kind = FLUORO_OPTIONS.get(key)
         if kind is None:
             raise InputError(f"fluoroscopy option {key!r} unknown; expected some of {sorted(FLUORO_OPTIONS)}")
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise InputError(f"fluoroscopy option {key!r}: expected {kind.__name__}, got {value!r}")
     if options.get("starts", 1) < 1:
         raise InputError(f"fluoroscopy option 'starts': expected at least 1, got {options['starts']}")
@@ -179,7 +179,8 @@ def run_fluoro_registration(inp: RegistrationInput, out_dir: Path, progress: Pro
     starts = int(inp.options.get("starts", 7))
     options = FluoroOptions(pose=PoseOptions(n_starts=starts, n_refine=min(PoseOptions.n_refine, starts),
                                              device=str(inp.options.get("device", "auto")),
-                                             seed=int(inp.options.get("seed", 0))), labels=spec)
+                                             seed=int(inp.options.get("seed", 0))), labels=spec,
+                            pelvis_first=bool(inp.options.get("pelvis_stage", False)))
     read_image(inp.mri_path, "MRI")
     labels = read_label_map(inp.labels_path, spec, name="segmentation")
     views = _read_fluoro(inp.fluoro)
