@@ -235,3 +235,15 @@ def test_service_option_pelvis_stage_is_checked():
         check_fluoro_options({"starts": True})
     with pytest.raises(InputError, match="unknown"):
         check_fluoro_options({"pelvis": True})
+
+
+def test_bench_view_angles_are_checked():
+    from navsvc.benchmarks.fluoro import _angles, _view_names
+
+    assert _angles("0,60") == (0.0, 60.0)
+    assert _view_names((0.0, 90.0)) == ("ap", "lateral")
+    assert _view_names((0.0, 60.0)) == ("ap", "oblique+60")
+    with pytest.raises(InputError, match="expected degrees separated by commas"):
+        _angles("0;90")
+    with pytest.raises(InputError, match="at least two views"):
+        _angles("0")
