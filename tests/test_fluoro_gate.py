@@ -106,9 +106,8 @@ def test_the_right_pose_passes(phantom):
     """Refined from the truth: PASS (or WARN on a view's similarity), never FAIL; the curvature figures
     within bounds (lesion / femur 0.86 / 1.22 mm on this case after the full registration; bounds 2 / 4 mm)."""
     case, views, T_true = phantom
-    # the gate on the femur's own optimisation (no pelvis stage)
-    options = FluoroOptions(pose=LOCAL, check_view_agreement=False, pelvis_first=False)
-    result = register_mri_to_fluoro(case.labels, views, options, T_world_from_mri_init=T_true)
+    result = register_mri_to_fluoro(case.labels, views, FluoroOptions(pose=LOCAL, check_view_agreement=False),
+                                    T_world_from_mri_init=T_true)
     f = result.qa.figures
     assert result.qa.verdict in ("PASS", "WARN"), result.qa.to_dict()
     assert f["pose_uncertainty_lesion_mm"] < 1.6 and f["pose_uncertainty_femur_mm"] < 2.6, f
@@ -123,8 +122,8 @@ def test_a_pose_rotated_about_the_head_fails(phantom):
     case, views, T_true = phantom
     start = perturb(T_true, 20.0, 0.0, case.landmarks_ct["lesion_centroid"], seed=1201)
     settle = PoseOptions(**{**LOCAL.__dict__, "iterations": (40, 30)})  # long enough to settle in the wrong optimum
-    options = FluoroOptions(pose=settle, check_view_agreement=False, pelvis_first=False)
-    result = register_mri_to_fluoro(case.labels, views, options, T_world_from_mri_init=start)
+    result = register_mri_to_fluoro(case.labels, views, FluoroOptions(pose=settle, check_view_agreement=False),
+                                    T_world_from_mri_init=start)
     assert _femur_error_mm(case, result.T_world_from_mri, T_true) > 4.0  # the pose is truly wrong
     assert min(result.similarity_per_view.values()) > 0.5  # ... and the per-view similarity alone does not FAIL it
     assert result.qa.verdict == "FAIL", result.qa.to_dict()

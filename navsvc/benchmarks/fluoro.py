@@ -117,9 +117,12 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     configs = {k: v for k, v in _configs().items() if k in args.configs.split(",")}
     if not configs:
-        from navsvc.errors import InputError
-
         raise InputError(f"--configs: expected some of {list(_configs())}, got {args.configs!r}")
+    # the real-CT options, checked before any case runs
+    _angles(args.real_ct_angles)
+    if args.real_ct_counts <= 0 or (args.real_ct_photons is not None and args.real_ct_photons <= 0):
+        raise InputError(f"--real-ct-counts / --real-ct-photons: expected photons > 0, got {args.real_ct_counts} / "
+                         f"{args.real_ct_photons}")
     rows: list[dict[str, Any]] = []
     for k in range(args.cases):
         seed = args.first_seed + k

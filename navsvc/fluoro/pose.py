@@ -391,11 +391,15 @@ def register_views(
     def optimise(params0: np.ndarray, level: int, iters: int, report: tuple[float, float] | None
                  ) -> tuple[np.ndarray, float, list[float]]:
         p0 = torch.as_tensor(params0, dtype=dtype, device=device)
-        fixed = torch.where(unit > 0, torch.zeros_like(p0), p0)  # parameters not optimised keep their value
-        scaled = torch.where(unit > 0, p0 / torch.where(unit > 0, unit, 1.0), 0.0).requires_grad_(True)
+        free = unit > 0  # parameters not optimised (unit 0) keep their starting value
+        scaled = (p0 / torch.where(free, unit, 1.0)).requires_grad_(True)
+
+        def params() -> torch.Tensor:
+            return torch.where(free, scaled * unit, p0)
+
         # the mask is fixed per level (from the level's starting pose) so the objective is smooth
         with torch.no_grad():
-            _, _, weights = similarity(fixed + scaled * unit, level, None)
+            _, _, weights = similarity(params(), level, None)
         opt = torch.optim.Adam([scaled], lr=1.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=0.05)
         hist: list[float] = []
@@ -404,12 +408,12 @@ def register_views(
             if cancel is not None:
                 cancel.check()
             opt.zero_grad()
-            sim, _, _ = similarity(fixed + scaled * unit, level, weights)
+            sim, _, _ = similarity(params(), level, weights)
             (-sim).backward()
             value = float(sim.detach())
             hist.append(value)
             if value > best[0]:
-                best = (value, (fixed + scaled.detach() * unit).cpu().double().numpy())
+                best = (value, params().detach().cpu().double().numpy())
             opt.step()
             sched.step()
             if report is not None:

@@ -146,6 +146,9 @@ def project_ct(ct_hu: sitk.Image, isocentre_world: NDArray[np.float64],
         field = ~outside
         if options.shutter_to_scan:
             field &= scanned_range_mask(ct_hu, geom, options.scan_margin_mm)
+        if not field.any():
+            raise InputError(f"view {geom.name}: the collimator and the scan-range shutter leave no pixel open; put "
+                             "the isocentre inside the CT's scanned range or turn shutter_to_scan off")
         n0 = options.photons_per_pixel
         if options.detector_counts > 0:
             n0 = options.detector_counts * float(np.exp(np.median(drr[field])))

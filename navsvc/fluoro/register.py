@@ -17,7 +17,7 @@ import torch
 
 from navsvc.errors import InputError
 from navsvc.fluoro.attenuation import AttenuationOptions, bone_attenuation
-from navsvc.fluoro.drr import AttenuationVolume, pose_from_params, render
+from navsvc.fluoro.drr import AttenuationVolume, render
 from navsvc.fluoro.figures import femur_surface_points_mri
 from navsvc.fluoro.gate import (
     CurvatureOptions,
@@ -71,9 +71,6 @@ class FluoroOptions:
     #: put it; on the phantoms, whose femur is rotated up to 20 degrees against the pelvis, stage 1's head
     #: is ~1 mm off and False kept that error)
     femur_translation: bool = True
-    #: what stage 1 renders (the pelvis label alone, an MRI's field of view about the hip, did not place
-    #: the hip: 13 and 26 mm off on a phantom and the real CT)
-    pelvis_stage_structures: tuple[str, ...] = ("femur", "pelvis")
     #: the head in its socket: FAIL when stage 2 moves the femoral head (lesion) more than this from where
     #: stage 1 (femur + pelvis) put it, mm
     max_head_move_mm: float = 3.0
@@ -151,8 +148,10 @@ def register_mri_to_fluoro(
     pose_options = options.pose
     share_start = 0.02
     if options.pelvis_first and bool((sitk.GetArrayViewFromImage(labels) == spec.pelvis).any()):
-        # stage 1: femur + pelvis as one body, from the rough start (the pose search)
-        mu_hip = bone_attenuation(labels, spec, options.attenuation, structures=options.pelvis_stage_structures)
+        # stage 1: femur + pelvis as one body, from the rough start (the pose search); the pelvis label alone
+        # (an MRI's field of view about the hip) did not place the hip: 13 and 26 mm off on a phantom and the
+        # real CT
+        mu_hip = bone_attenuation(labels, spec, options.attenuation, structures=("femur", "pelvis"))
         share_start = 0.02 + share / 2
         hip = register_views(mu_hip, geoms, images, T_init, options.pose, progress=scaled(progress, 0.02, share_start),
                              cancel=cancel, rotation_centre_mri=lesion)
@@ -247,11 +246,18 @@ def pelvis_background(labels: sitk.Image, spec: LabelSpec, options: FluoroOption
                       T_world_from_mri: RigidTransform) -> list[np.ndarray]:
     """Per view, the full-resolution DRR of the pelvis alone at ``T_world_from_mri`` (line integral)."""
     mu = bone_attenuation(labels, spec, options.attenuation, structures=("pelvis",))
-    dev = choose_device(options.pose.device)
+    drrs = drrs_at(mu, geoms, T_world_from_mri, options.pose.n_samples, options.pose.device)
+    return [d.cpu().numpy() for d in drrs]
+
+
+def drrs_at(mu: sitk.Image, geoms: list[ViewGeometry], T_world_from_mri: RigidTransform, n_samples: int,
+            device: str = "auto") -> list[torch.Tensor]:
+    """Full-resolution DRRs (line integrals) of ``mu`` at a pose, one per view, on the chosen device."""
+    dev = choose_device(device)
     vol = AttenuationVolume.from_image(mu, device=dev)
     T = torch.as_tensor(np.array(T_world_from_mri.matrix), dtype=torch.float32, device=dev)
     with torch.no_grad():
-        return [d.cpu().numpy() for d in render(vol, geoms, T, n_samples=options.pose.n_samples)]
+        return render(vol, geoms, T, n_samples=n_samples)
 
 
 def view_disagreement_mm(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,
@@ -281,11 +287,7 @@ def view_disagreement_mm(mu: sitk.Image, views: list[FluoroView], T_world_from_m
 def similarity_at(mu: sitk.Image, views: list[FluoroView], T_world_from_mri: RigidTransform,
                   n_samples: int = 128, device: str = "auto") -> list[float]:
     """Gradient correlation of each view with the DRR at a given pose (full resolution)."""
-    dev = choose_device(device)
-    vol = AttenuationVolume.from_image(mu, device=dev)
-    T = torch.as_tensor(np.array(T_world_from_mri.matrix), dtype=torch.float32, device=dev)
+    drrs = drrs_at(mu, [v.geometry for v in views], T_world_from_mri, n_samples, device)
     with torch.no_grad():
-        drrs = render(vol, [v.geometry for v in views], pose_from_params(torch.zeros(6, device=dev), T,
-                      torch.zeros(3, device=dev)), n_samples=n_samples)
-        return [float(gradient_correlation(d, torch.as_tensor(v.line_integral, device=dev),
+        return [float(gradient_correlation(d, torch.as_tensor(v.line_integral, device=d.device),
                                            torch.ones_like(d))) for d, v in zip(drrs, views, strict=True)]
